@@ -1,0 +1,4 @@
+from lit_vit.callbacks.predict import PredictionCSVWriter
+from lit_vit.callbacks.run import AtomicModelCheckpoint, LastCheckpoint, RunLogger
+
+__all__ = ["AtomicModelCheckpoint", "LastCheckpoint", "PredictionCSVWriter", "RunLogger"]

@@ -1,0 +1,122 @@
+"""`python -m lit_vit fit | validate | test | predict --config <yaml>`: LightningCLI with lit_vit's run directory.
+
+A run lives in the Trainer's `default_root_dir`: config.yaml, metrics.csv, checkpoints/last.ckpt and
+checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it.
+"""
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
+from lit_vit.errors import ConfigError
+
+
+class FitConfigSaver(SaveConfigCallback):
+    """Saves config.yaml for `fit` only: validate / test / predict must not overwrite the training config."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+def check_checkpoint(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt file written by lit_vit")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(
+            f"{path} is not a checkpoint (not a file written by torch.save); "
+            "give a .ckpt from <run dir>/checkpoints/, e.g. last.ckpt or best.ckpt"
+        )
+
+
+def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
+    """'last' / 'best' mean this run's checkpoints; a fresh fit refuses to overwrite a run that has one."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path in ("last", "best"):
+        path = run_dir / "checkpoints" / f"{ckpt_path}.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path}: no checkpoint at {path}. Check --trainer.default_root_dir (now {run_dir}) "
+                "or start a new run without --ckpt_path"
+            )
+        return str(path)
+    if ckpt_path is not None:
+        check_checkpoint(Path(ckpt_path))
+        return ckpt_path
+    primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if subcommand == "fit" and last.is_file() and primary:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({last}). Resume it with --ckpt_path last, or start a new run with "
+            f"--trainer.default_root_dir <new dir> (or delete {run_dir})"
+        )
+    return None
+
+
+class LitViTCLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=FitConfigSaver,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"default_root_dir": "runs/default", "log_every_n_steps": 10},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=100,
+            help="refresh <run dir>/checkpoints/last.ckpt every N optimiser steps (and after every validation)",
+        )
+        parser.add_argument("--predict_top_k", type=int, default=5, help="classes per image in the predict CSV")
+        parser.add_argument(
+            "--predict_output", type=str | None, default=None, help="predict CSV (default <run dir>/predictions.csv)"
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config[self.subcommand].trainer.default_root_dir or "runs/default")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if "ckpt_path" in cfg:
+            cfg.ckpt_path = resolve_ckpt_path(self.subcommand, cfg.ckpt_path, self.run_dir)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        cfg = self.config_init[self.subcommand]
+        trainer_cfg = cfg.trainer
+        root = self.run_dir
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = RunLogger(str(root))
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
+            monitor, mode = getattr(self.model, "monitor", ("val/acc1", "max"))
+            callbacks += [
+                AtomicModelCheckpoint(
+                    dirpath=root / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                    save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
+                ),
+                LastCheckpoint(root / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps),
+            ]  # fmt: skip
+        if self.subcommand == "predict":
+            callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        LitViTCLI(args=args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,57 @@
+"""albumentations pipelines for image classification (HWC uint8 numpy in, normalised CHW tensor out)."""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations pings the network on import otherwise
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+
+from lit_vit.errors import ConfigError  # noqa: E402
+
+AUGMENT_KINDS = ("rrc", "pad_crop", "none")
+
+
+def train_transform(
+    img_size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: str = "rrc",
+    hflip: bool = True,
+    rrc_scale: tuple[float, float] = (0.08, 1.0),
+    pad: int = 4,
+) -> A.Compose:
+    """Training pipeline: RandomResizedCrop (ImageNet style) or pad-and-crop (CIFAR style), optional flip."""
+    h, w = img_size
+    if augment == "rrc":
+        ops = [A.RandomResizedCrop(size=(h, w), scale=tuple(rrc_scale), interpolation=cv2.INTER_CUBIC)]
+    elif augment == "pad_crop":
+        ops = [
+            A.Resize(h, w, interpolation=cv2.INTER_CUBIC),
+            A.PadIfNeeded(h + 2 * pad, w + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+            A.RandomCrop(h, w),
+        ]
+    elif augment == "none":
+        ops = [A.Resize(h, w, interpolation=cv2.INTER_CUBIC)]
+    else:
+        raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENT_KINDS)}")
+    if hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops, seed=0)
+
+
+def eval_transform(
+    img_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 1.0
+) -> A.Compose:
+    """Evaluation pipeline: resize (shorter side to size / crop_pct, then centre crop when crop_pct < 1), normalise."""
+    h, w = img_size
+    if crop_pct < 1.0:
+        ops = [
+            A.SmallestMaxSize(max_size=int(round(max(h, w) / crop_pct)), interpolation=cv2.INTER_CUBIC),
+            A.CenterCrop(h, w),
+        ]
+    else:
+        ops = [A.Resize(h, w, interpolation=cv2.INTER_CUBIC)]
+    return A.Compose([*ops, A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])

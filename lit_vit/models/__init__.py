@@ -1,0 +1,5 @@
+"""Plain PyTorch backbones (no Lightning imports)."""
+
+from lit_vit.models.vit import VIT_VARIANTS, VisionTransformer, vit_b, vit_h, vit_l, vit_s, vit_ti
+
+__all__ = ["VIT_VARIANTS", "VisionTransformer", "vit_b", "vit_h", "vit_l", "vit_s", "vit_ti"]

@@ -1,0 +1,23 @@
+from lit_vit.models.layers.attention import Attention, Block
+from lit_vit.models.layers.drop_path import DropPath
+from lit_vit.models.layers.mlp import Mlp
+from lit_vit.models.layers.patch_embed import PatchEmbed, grid_size, to_2tuple
+from lit_vit.models.layers.pooling import POOL_KINDS, MAPHead, check_pool
+from lit_vit.models.layers.pos_embed import POS_EMBED_KINDS, PosEmbed, build_pos_embed, resample_grid
+
+__all__ = [
+    "POOL_KINDS",
+    "POS_EMBED_KINDS",
+    "Attention",
+    "Block",
+    "DropPath",
+    "MAPHead",
+    "Mlp",
+    "PatchEmbed",
+    "PosEmbed",
+    "build_pos_embed",
+    "check_pool",
+    "grid_size",
+    "resample_grid",
+    "to_2tuple",
+]

@@ -1,0 +1,207 @@
+"""Position embeddings as swappable parts of a token model.
+
+Every kind is a module with the same three methods:
+
+- ``forward(x, grid)`` adds absolute position information to ``x = [prefix tokens; grid tokens]``;
+- ``attn_bias(grid)`` returns an additive attention bias (heads x N x N) or ``None``;
+- ``resize(grid)`` permanently resamples learned tables to a new patch grid (fine-tuning at a new resolution).
+
+A grid that differs from the stored one at forward time is handled by resampling on the fly, so a model trained at
+one size evaluates at another without a separate step.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_vit.errors import ConfigError
+
+POS_EMBED_KINDS = ("none", "learned_1d", "learned_2d", "sincos_2d", "relative")
+
+
+def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resample a (1, H*W, D) table from one grid to another: bicubic, antialiased, in float32 (as timm)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    dtype = table.dtype
+    t = table.float().reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    return t.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(dtype)
+
+
+class PosEmbed(nn.Module):
+    """No position information (the paper's 'none'); the base class of every kind."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        super().__init__()
+        self.dim, self.grid, self.num_prefix, self.num_heads = dim, tuple(grid), num_prefix, num_heads
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return x
+
+    def attn_bias(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        return None
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        self.grid = tuple(grid)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}, num_prefix={self.num_prefix}"
+
+
+class LearnedPosEmbed1d(PosEmbed):
+    """The paper's default: one learned vector per position, (num_prefix + H*W) x D."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        super().__init__(dim, grid, num_prefix, num_heads)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix + grid[0] * grid[1], dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        prefix, patches = self.pos_embed[:, : self.num_prefix], self.pos_embed[:, self.num_prefix :]
+        return torch.cat([prefix, resample_grid(patches, self.grid, grid)], dim=1)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return x + self.table(grid)
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        self.pos_embed = nn.Parameter(self.table(grid).detach())
+        super().resize(grid)
+
+
+class LearnedPosEmbed2d(PosEmbed):
+    """The paper's 2-D embedding: learned X and Y tables of D/2 each; a patch gets concat(X[col], Y[row])."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        if dim % 2:
+            raise ConfigError(f"pos_embed 'learned_2d' needs an even embed_dim, got {dim}; use an even width")
+        super().__init__(dim, grid, num_prefix, num_heads)
+        self.pos_embed_x = nn.Parameter(torch.zeros(grid[1], dim // 2))
+        self.pos_embed_y = nn.Parameter(torch.zeros(grid[0], dim // 2))
+        self.pos_embed_prefix = nn.Parameter(torch.zeros(1, num_prefix, dim)) if num_prefix else None
+        for p in self.parameters():
+            nn.init.trunc_normal_(p, std=0.02)
+
+    @staticmethod
+    def _resample_axis(t: torch.Tensor, n: int) -> torch.Tensor:
+        if t.shape[0] == n:
+            return t
+        out = F.interpolate(t.float().t()[None], size=n, mode="linear", align_corners=False)
+        return out[0].t().to(t.dtype)
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        x = self._resample_axis(self.pos_embed_x, grid[1])
+        y = self._resample_axis(self.pos_embed_y, grid[0])
+        patches = torch.cat([x[None, :, :].expand(grid[0], -1, -1), y[:, None, :].expand(-1, grid[1], -1)], dim=-1)
+        patches = patches.reshape(1, grid[0] * grid[1], self.dim)
+        if self.pos_embed_prefix is None:
+            return patches
+        return torch.cat([self.pos_embed_prefix, patches], dim=1)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return x + self.table(grid)
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        self.pos_embed_x = nn.Parameter(self._resample_axis(self.pos_embed_x.detach(), grid[1]))
+        self.pos_embed_y = nn.Parameter(self._resample_axis(self.pos_embed_y.detach(), grid[0]))
+        super().resize(grid)
+
+
+def sincos_2d_table(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos table (H*W, D) as in MoCo v3 / big_vision: [sin x, cos x, sin y, cos y]."""
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1))
+    x = x.flatten()[:, None].float() * omega[None]
+    y = y.flatten()[:, None].float() * omega[None]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+
+
+class SinCosPosEmbed2d(PosEmbed):
+    """Fixed 2-D sin-cos embedding; prefix tokens get none. Nothing is stored, so any grid works as is."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        if dim % 4:
+            raise ConfigError(
+                f"pos_embed 'sincos_2d' needs embed_dim divisible by 4, got {dim}; "
+                f"use a width such as {dim // 4 * 4 or 4} or another pos_embed"
+            )
+        super().__init__(dim, grid, num_prefix, num_heads)
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        grid = tuple(grid)
+        if grid not in self._cache:
+            self._cache[grid] = sincos_2d_table(grid, self.dim)
+        return self._cache[grid]
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        t = self.table(grid).to(device=x.device, dtype=x.dtype)
+        return torch.cat([x[:, : self.num_prefix], x[:, self.num_prefix :] + t], dim=1)
+
+
+class RelativePosBias(PosEmbed):
+    """Learned per-head bias over 2-D relative offsets, added to the attention logits.
+
+    The table has (2H-1)(2W-1) entries, plus three for class->patch, patch->class and class->class when a class token
+    is present (BEiT layout). The bias enters `scaled_dot_product_attention` as an additive mask (fused path kept).
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        if num_prefix > 1:
+            raise ConfigError(f"pos_embed 'relative' supports at most one prefix token, got {num_prefix}")
+        super().__init__(dim, grid, num_prefix, num_heads)
+        n_rel = (2 * grid[0] - 1) * (2 * grid[1] - 1)
+        self.relative_bias_table = nn.Parameter(torch.zeros(n_rel + 3 * num_prefix, num_heads))
+        nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
+
+    def _grid_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The offset part of the table, as a (heads, 2H-1, 2W-1) map resampled to `grid` if needed."""
+        h, w = 2 * self.grid[0] - 1, 2 * self.grid[1] - 1
+        t = self.relative_bias_table[: h * w].t().reshape(self.num_heads, h, w)
+        new = (2 * grid[0] - 1, 2 * grid[1] - 1)
+        if new != (h, w):
+            t = F.interpolate(t.float()[None], size=new, mode="bicubic", align_corners=False)[0].to(t.dtype)
+        return t
+
+    def attn_bias(self, grid: tuple[int, int]) -> torch.Tensor:
+        gh, gw = grid
+        t = self._grid_table(grid)  # heads, 2gh-1, 2gw-1
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(gh, device=t.device), torch.arange(gw, device=t.device), indexing="ij")
+        ).flatten(1)
+        rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+        bias = t[:, rel[0] + gh - 1, rel[1] + gw - 1]  # heads, N, N
+        if self.num_prefix:
+            extra = self.relative_bias_table[-3:]  # class->patch, patch->class, class->class
+            n = gh * gw
+            top = extra[0][:, None, None].expand(-1, 1, n)
+            left = extra[1][:, None, None].expand(-1, n + 1, 1).clone()
+            left[:, 0, 0] = extra[2]
+            bias = torch.cat([top, bias], dim=1)
+            bias = torch.cat([left, bias], dim=2)
+        return bias[None]
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        t = self._grid_table(grid).detach().reshape(self.num_heads, -1).t()
+        extra = self.relative_bias_table[(2 * self.grid[0] - 1) * (2 * self.grid[1] - 1) :].detach()
+        self.relative_bias_table = nn.Parameter(torch.cat([t, extra], dim=0))
+        super().resize(grid)
+
+
+_KINDS = {
+    "none": PosEmbed,
+    "learned_1d": LearnedPosEmbed1d,
+    "learned_2d": LearnedPosEmbed2d,
+    "sincos_2d": SinCosPosEmbed2d,
+    "relative": RelativePosBias,
+}
+
+
+def build_pos_embed(kind: str, dim: int, grid: tuple[int, int], num_prefix: int, num_heads: int) -> PosEmbed:
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown pos_embed {kind!r}; choose one of {', '.join(POS_EMBED_KINDS)}")
+    return _KINDS[kind](dim, tuple(grid), num_prefix, num_heads)
+
+
+__all__ = ["POS_EMBED_KINDS", "PosEmbed", "build_pos_embed", "resample_grid", "sincos_2d_table"]

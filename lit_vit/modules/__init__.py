@@ -1,0 +1,3 @@
+from lit_vit.modules.classifier import ImageClassifier
+
+__all__ = ["ImageClassifier"]

@@ -1,0 +1,166 @@
+"""ImageClassifier: thin Lightning glue around any backbone (loss, metrics, optimiser, schedule)."""
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_vit.errors import ConfigError
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_lr_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases, norms (all 1-D parameters), position embeddings and class tokens."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with an injected backbone (ViT, T2T-ViT, ...).
+
+    The number of classes and class names come from the DataModule at setup and are saved in the checkpoint, so
+    `ImageClassifier.load_from_checkpoint(path)` rebuilds the trained model on its own.
+
+    Args:
+        backbone: the network (class_path / init_args in YAML); it must have `reset_classifier(num_classes)`.
+        num_classes: number of classes (default: taken from the DataModule).
+        class_names: class names (default: taken from the DataModule).
+        lr: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay (not applied to biases, norms, position embeddings, class token).
+        betas: AdamW betas.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        warmup_steps: linear warm-up length in optimiser steps (overrides warmup_epochs when > 0).
+        min_lr_ratio: final learning rate of the cosine decay as a fraction of lr.
+        label_smoothing: label smoothing of the cross-entropy.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
+        # model; a backbone built in Python is an object and is passed again to load_from_checkpoint(backbone=...).
+        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["backbone"])
+        if not hasattr(backbone, "reset_classifier"):
+            raise ConfigError(f"backbone {type(backbone).__name__} has no reset_classifier(num_classes) method")
+        self.backbone = backbone
+        if num_classes is not None:
+            self._set_classes(num_classes, class_names)
+
+    def _set_classes(self, num_classes: int, class_names: list[str] | None) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        if getattr(self.backbone, "num_classes", None) != num_classes:
+            self.backbone.reset_classifier(num_classes)
+        self.hparams["num_classes"], self.hparams["class_names"] = num_classes, class_names
+        k5 = min(5, num_classes)
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "num_classes"):
+            if self.hparams.get("num_classes") is None:
+                raise ConfigError("num_classes is unknown: use a DataModule that provides it or set model.num_classes")
+            return
+        self._check_input(dm)
+        if stage == "predict" and self.hparams.get("num_classes") is not None:
+            return  # predicting on new files: the classes are the trained model's
+        n, names = dm.num_classes, dm.class_names
+        if self.hparams.get("num_classes") not in (None, n):
+            raise ConfigError(
+                f"model.num_classes is {self.hparams['num_classes']} but the data has {n} classes; "
+                "remove model.num_classes (it is taken from the data) or use matching data"
+            )
+        if self.hparams.get("num_classes") is None or self.hparams.get("class_names") is None:
+            self._set_classes(n, list(names))
+
+    def _check_input(self, dm) -> None:
+        embed = getattr(self.backbone, "patch_embed", None)
+        conv = getattr(embed, "proj", None)
+        if isinstance(conv, nn.Conv2d) and conv.in_channels != dm.in_chans:
+            raise ConfigError(
+                f"the data gives {dm.in_chans}-channel images but the backbone has in_chans={conv.in_channels}; "
+                f"set model.init_args.backbone.init_args.in_chans: {dm.in_chans}"
+            )
+        size = getattr(self.backbone, "img_size", None)
+        if size is not None and tuple(size) != tuple(dm.img_size):
+            raise ConfigError(
+                f"the data gives {dm.img_size[0]}x{dm.img_size[1]} images but the backbone was built for "
+                f"{size[0]}x{size[1]}; set model.init_args.backbone.init_args.img_size to {list(dm.img_size)} "
+                "(position embeddings are resampled when loading weights of another size)"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self.train_acc1(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), sync_dist=True)
+        acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
+        acc1(logits, y)
+        acc5(logits, y)
+        self.log(f"{stage}/acc1", acc1, prog_bar=True)
+        self.log(f"{stage}/acc5", acc5)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        x, index = batch
+        return {"index": index, "probs": self(x).float().softmax(dim=-1)}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            param_groups(self.backbone, hp.weight_decay), lr=hp.lr, betas=hp.betas, fused=fused
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = hp.warmup_steps or int(round(hp.warmup_epochs * steps_per_epoch))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
