@@ -4,6 +4,7 @@ A run lives in the Trainer's `default_root_dir`: config.yaml, metrics.csv, check
 checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it.
 """
 
+import importlib
 import os
 import sys
 import zipfile
@@ -114,9 +115,18 @@ class LitViTCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+# Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        LitViTCLI(args=args)
+        if argv and argv[0] in EXTRA_COMMANDS:
+            module, func = EXTRA_COMMANDS[argv[0]].split(":")
+            getattr(importlib.import_module(module), func)(argv[1:])
+        else:
+            LitViTCLI(args=args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

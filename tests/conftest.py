@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A ViT small enough for CLI tests on 2 CPU cores, on the embedded digits (16x16, 1 channel, 10 classes).
+TINY_VIT = {
+    "class_path": "lit_vit.models.VisionTransformer",
+    "init_args": {"img_size": 16, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2},
+}
+
+
+def tiny_fit_args(run_dir, *extra: str, max_epochs: int = 1, limit_batches: int = 4) -> list[str]:
+    """CLI arguments for a fast fit of the tiny ViT on the embedded digits into `run_dir`."""
+    return [
+        "fit",
+        "--model=lit_vit.modules.ImageClassifier",
+        f"--model.backbone={TINY_VIT}".replace("'", '"'),
+        "--data=lit_vit.data.DigitsDataModule",
+        "--data.batch_size=16",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.max_epochs={max_epochs}",
+        f"--trainer.limit_train_batches={limit_batches}",
+        f"--trainer.limit_val_batches={limit_batches}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--seed_everything=0",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return tmp_path / "run"
