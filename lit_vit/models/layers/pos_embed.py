@@ -16,16 +16,21 @@ from torch import nn
 
 from lit_vit.errors import ConfigError
 
-POS_EMBED_KINDS = ("none", "learned_1d", "learned_2d", "sincos_2d", "relative")
+POS_EMBED_KINDS = ("none", "learned_1d", "learned_2d", "sincos_2d", "relative", "sincos_1d")
 
 
-def resample_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resample a (1, H*W, D) table from one grid to another: bicubic, antialiased, in float32 (as timm)."""
+def resample_grid(
+    table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], antialias: bool = True
+) -> torch.Tensor:
+    """Resample a (1, H*W, D) table from one grid to another: bicubic, antialiased, in float32 (as timm).
+
+    antialias=False gives the plain bicubic resize of the official T2T-ViT code (it only differs when shrinking).
+    """
     if tuple(old_grid) == tuple(new_grid):
         return table
     dtype = table.dtype
     t = table.float().reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
-    t = F.interpolate(t, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
+    t = F.interpolate(t, size=new_grid, mode="bicubic", antialias=antialias, align_corners=False)
     return t.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(dtype)
 
 
@@ -189,12 +194,52 @@ class RelativePosBias(PosEmbed):
         super().resize(grid)
 
 
+def sinusoid_1d_table(n_positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al.'s fixed table (1, n, D): sin on even dims, cos on odd, angle pos / 10000^(2*(j//2)/D).
+
+    Computed in float64 and rounded once to float32, like the official T2T-ViT code (numpy float64 -> FloatTensor).
+    """
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    j = torch.arange(dim)
+    angle = pos / torch.pow(10000.0, (2 * (j // 2)).to(torch.float64) / dim)[None]
+    table = torch.where(j % 2 == 0, angle.sin(), angle.cos())
+    return table.float()[None]
+
+
+class SinCosPosEmbed1d(PosEmbed):
+    """T2T-ViT's fixed 1-D sinusoid table over the flattened sequence [prefix; H*W patches in raster order].
+
+    Stored as a frozen parameter `pos_embed` (1, num_prefix + H*W, D): a checkpoint carries the table its network was
+    trained with, and parameter counts equal the official code's. A new grid is handled by 2-D bicubic interpolation
+    of the patch rows (prefix rows kept), as the official code does between 224 and 384 px, rather than by
+    regenerating the table: a fresh table at another width would move every patch below the first row to a different
+    code (its raster index r * W + c changes with W), while interpolation keeps each code tied to the same place.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        super().__init__(dim, grid, num_prefix, num_heads)
+        table = sinusoid_1d_table(num_prefix + grid[0] * grid[1], dim)
+        self.pos_embed = nn.Parameter(table, requires_grad=False)
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        prefix, patches = self.pos_embed[:, : self.num_prefix], self.pos_embed[:, self.num_prefix :]
+        return torch.cat([prefix, resample_grid(patches, self.grid, grid, antialias=False)], dim=1)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return x + self.table(grid)
+
+    def resize(self, grid: tuple[int, int]) -> None:
+        self.pos_embed = nn.Parameter(self.table(grid).detach(), requires_grad=False)
+        super().resize(grid)
+
+
 _KINDS = {
     "none": PosEmbed,
     "learned_1d": LearnedPosEmbed1d,
     "learned_2d": LearnedPosEmbed2d,
     "sincos_2d": SinCosPosEmbed2d,
     "relative": RelativePosBias,
+    "sincos_1d": SinCosPosEmbed1d,
 }
 
 
@@ -204,4 +249,11 @@ def build_pos_embed(kind: str, dim: int, grid: tuple[int, int], num_prefix: int,
     return _KINDS[kind](dim, tuple(grid), num_prefix, num_heads)
 
 
-__all__ = ["POS_EMBED_KINDS", "PosEmbed", "build_pos_embed", "resample_grid", "sincos_2d_table"]
+__all__ = [
+    "POS_EMBED_KINDS",
+    "PosEmbed",
+    "build_pos_embed",
+    "resample_grid",
+    "sincos_2d_table",
+    "sinusoid_1d_table",
+]
