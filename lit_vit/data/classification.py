@@ -136,16 +136,31 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
-    def _resumed_batches(self) -> int:
-        """Batches of the current epoch already trained when this run resumed mid-epoch (0 otherwise)."""
-        fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is None or not fit_loop.restarting:
-            return 0
-        return fit_loop.epoch_loop.batch_progress.current.completed
+    # Mid-epoch resume. Lightning builds the train loader before it restores the loops, and it restores the
+    # DataModule state before both, so the position inside the interrupted epoch travels in this state.
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or not trainer.state.fn == "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # the epoch is complete: the resumed run starts the next one
+            done = 0
+        return {"epoch": trainer.current_epoch, "batches_done": done, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict and state_dict.get("seed") != self.seed:
+            raise ConfigError(
+                f"the checkpoint was trained with data seed {state_dict.get('seed')} but data.seed is {self.seed}; "
+                "resume with the same seed (or start a new run)"
+            )
+        self._resume = state_dict if state_dict.get("batches_done") else None
 
     def train_dataloader(self) -> DataLoader:
         sampler = SeededSampler(self.datasets["train"], shuffle=True, seed=self.seed)
-        sampler.skip_once(self._resumed_batches() * self.batch_size)
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume:
+            sampler.set_epoch(resume["epoch"])
+            sampler.skip_once(resume["batches_done"] * self.batch_size)
         return ResumableDataLoader(
             self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
         )

@@ -45,11 +45,11 @@ class SeededSampler(DistributedSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose sampling state travels in the checkpoint.
+    """A DataLoader that declares its sampling state, so Lightning treats it as resumable mid-epoch.
 
-    Lightning stores `state_dict()` in the checkpoint and calls `load_state_dict()` when it resumes mid-epoch. The
-    position inside the epoch comes from the trainer's own batch counter (see `ImageDataModule.train_dataloader`);
-    what is stored here lets a resume detect that the data changed, which would silently change the order.
+    The order is a pure function of (seed, epoch) and the position inside the epoch is restored by the DataModule
+    (`ImageDataModule.load_state_dict`); Lightning stores this state in the checkpoint and, where it reloads loader
+    states, this check refuses a resume on different data, which would silently change the order.
     """
 
     def state_dict(self) -> dict[str, int]:

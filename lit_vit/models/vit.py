@@ -92,7 +92,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = build_pos_embed(pos_embed, embed_dim, self.grid, self.num_prefix_tokens, num_heads)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)
@@ -134,6 +134,12 @@ class VisionTransformer(nn.Module):
         self.grid = grid_size(self.img_size, self.patch_embed.patch_size)
         self.pos_embed.resize(self.grid)
 
+    def load_pretrained(self, path: str) -> None:
+        """Load timm / torchvision / lit_vit weights (safe loading; position table resampled; head kept as is)."""
+        from lit_vit.models.weights.vit import load_vit_weights
+
+        load_vit_weights(self, path)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the first block: [class token; patches] + position embedding, and the patch grid."""
         x, grid = self.patch_embed(x)
@@ -147,6 +153,17 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, attn_bias)
         return self.norm(x)
+
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every block (a list of B x heads x N x N, class token first when present),
+        computed explicitly for analysis; `forward` keeps the fused attention kernel."""
+        x, grid = self.embed(x)
+        attn_bias = self.pos_embed.attn_bias(grid)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_probs(block.norm1(x), attn_bias))
+            x = block(x, attn_bias)
+        return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.pool == "cls":

@@ -47,6 +47,8 @@ class ImageClassifier(L.LightningModule):
         warmup_steps: linear warm-up length in optimiser steps (overrides warmup_epochs when > 0).
         min_lr_ratio: final learning rate of the cosine decay as a fraction of lr.
         label_smoothing: label smoothing of the cross-entropy.
+        pretrained: weights file to fine-tune from (timm / torchvision / official / lit_vit layouts, read safely);
+            loaded into the backbone when a fit starts from scratch (not on resume), the head stays new.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class ImageClassifier(L.LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
@@ -102,6 +105,10 @@ class ImageClassifier(L.LightningModule):
             )
         if self.hparams.get("num_classes") is None or self.hparams.get("class_names") is None:
             self._set_classes(n, list(names))
+        if stage == "fit" and self.hparams.pretrained and self.trainer.ckpt_path is None:
+            if not hasattr(self.backbone, "load_pretrained"):
+                raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
+            self.backbone.load_pretrained(self.hparams.pretrained)
 
     def _check_input(self, dm) -> None:
         embed = getattr(self.backbone, "patch_embed", None)

@@ -1,0 +1,6 @@
+"""Readers for foreign checkpoints: key layouts of other codebases -> ours, with safe loading."""
+
+from lit_vit.models.weights.io import load_state_dict
+from lit_vit.models.weights.vit import load_vit_weights, vit_from_timm, vit_from_torchvision
+
+__all__ = ["load_state_dict", "load_vit_weights", "vit_from_timm", "vit_from_torchvision"]

@@ -1,0 +1,97 @@
+"""timm and torchvision ViT checkpoints -> lit_vit VisionTransformer (strict keys, position-embedding resampling)."""
+
+from pathlib import Path
+
+import torch
+
+from lit_vit.errors import ConfigError
+from lit_vit.models.layers import resample_grid
+from lit_vit.models.vit import VisionTransformer
+from lit_vit.models.weights.io import describe_mismatch, load_state_dict
+
+
+def vit_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's VisionTransformer keys are ours but for the 1-D position table (`pos_embed` -> `pos_embed.pos_embed`)."""
+    return {("pos_embed.pos_embed" if k == "pos_embed" else k): v for k, v in sd.items()}
+
+
+def vit_from_torchvision(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision.models.VisionTransformer -> ours (REFERENCE.md section 4)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("encoder.layers.encoder_layer_"):
+            i, rest = k.removeprefix("encoder.layers.encoder_layer_").split(".", 1)
+            rest = (
+                rest.replace("ln_1", "norm1")
+                .replace("ln_2", "norm2")
+                .replace("self_attention.in_proj_", "attn.qkv.")
+                .replace("self_attention.out_proj", "attn.proj")
+                .replace("mlp.0", "mlp.fc1")
+                .replace("mlp.3", "mlp.fc2")
+            )
+            out[f"blocks.{i}.{rest}"] = v
+        else:
+            name = {
+                "class_token": "cls_token",
+                "encoder.pos_embedding": "pos_embed.pos_embed",
+                "encoder.ln.weight": "norm.weight",
+                "encoder.ln.bias": "norm.bias",
+                "heads.head.weight": "head.weight",
+                "heads.head.bias": "head.bias",
+            }.get(k, k.replace("conv_proj", "patch_embed.proj"))
+            out[name] = v
+    return out
+
+
+def _detect(sd: dict[str, torch.Tensor]) -> str:
+    if "conv_proj.weight" in sd:
+        return "torchvision"
+    if "pos_embed" in sd and "patch_embed.proj.weight" in sd:
+        return "timm"
+    if "pos_embed.pos_embed" in sd or any(k.startswith("backbone.") for k in sd):
+        return "lit_vit"
+    raise ConfigError("unrecognised ViT checkpoint layout: expected timm, torchvision or lit_vit key names")
+
+
+def load_vit_weights(model: VisionTransformer, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
+    """Load timm / torchvision / lit_vit ViT weights into `model` (strict; safe loading).
+
+    The position table is resampled to the model's grid (bicubic, antialiased, float32; class-token row kept). The head
+    is loaded only when `load_head` and the shapes match (fine-tuning attaches a new head).
+    Returns {"skipped": [...]} with the keys deliberately not loaded (the head).
+    """
+    sd = load_state_dict(path)
+    layout = _detect(sd)
+    if layout == "timm":
+        sd = vit_from_timm(sd)
+    elif layout == "torchvision":
+        sd = vit_from_torchvision(sd)
+    elif any(k.startswith("backbone.") for k in sd):
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    own = model.state_dict()
+    key = "pos_embed.pos_embed"
+    if key in sd and key in own and sd[key].shape != own[key].shape:
+        prefix = model.num_prefix_tokens
+        src = sd[key]
+        n_old = src.shape[1] - prefix
+        side = int(round(n_old**0.5))
+        if side * side != n_old:
+            raise ConfigError(f"cannot resample a {n_old}-patch position table that is not a square grid")
+        sd[key] = torch.cat([src[:, :prefix], resample_grid(src[:, prefix:], (side, side), model.grid)], dim=1)
+    skipped = []
+    for k in ("head.weight", "head.bias"):
+        if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
+            skipped.append(k)
+            sd.pop(k)
+    missing = [k for k in own if k not in sd and k not in ("head.weight", "head.bias")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        msg = describe_mismatch(missing, unexpected, f"this ViT ({layout} layout read from {path})")
+        if shapes:
+            msg += "; shape mismatches: " + ", ".join(shapes[:6])
+        raise ConfigError(msg + ". Check variant, patch_size, pool and class_token against the checkpoint's model")
+    model.load_state_dict(sd, strict=False)
+    return {"skipped": skipped}
