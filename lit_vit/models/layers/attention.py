@@ -43,6 +43,16 @@ class Attention(nn.Module):
         )
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
+    def attention_probs(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T * scale + attn_bias), B x heads x N x N, computed explicitly for analysis (attention
+        distance, rollout); training and inference keep the fused kernel in `forward`."""
+        B, N, C = x.shape
+        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        logits = (q @ k.transpose(-2, -1)) * self.scale
+        if attn_bias is not None:
+            logits = logits + attn_bias.to(logits.dtype)
+        return logits.softmax(dim=-1)
+
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + MSA(LN(x)), then x + MLP(LN(x)) (ViT paper, eqs. 2-3)."""
