@@ -116,7 +116,7 @@ class LitViTCLI(LightningCLI):
 
 
 # Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main"}
 
 
 def main(args: list[str] | None = None) -> None:
