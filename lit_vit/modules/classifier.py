@@ -113,9 +113,11 @@ class ImageClassifier(L.LightningModule):
     def _check_input(self, dm) -> None:
         embed = getattr(self.backbone, "patch_embed", None)
         conv = getattr(embed, "proj", None)
-        if isinstance(conv, nn.Conv2d) and conv.in_channels != dm.in_chans:
+        # a backbone without a patch Conv2d (T2T-ViT's unfolding) states its input channels as `in_chans`
+        in_chans = conv.in_channels if isinstance(conv, nn.Conv2d) else getattr(self.backbone, "in_chans", None)
+        if in_chans is not None and in_chans != dm.in_chans:
             raise ConfigError(
-                f"the data gives {dm.in_chans}-channel images but the backbone has in_chans={conv.in_channels}; "
+                f"the data gives {dm.in_chans}-channel images but the backbone has in_chans={in_chans}; "
                 f"set model.init_args.backbone.init_args.in_chans: {dm.in_chans}"
             )
         size = getattr(self.backbone, "img_size", None)

@@ -1,0 +1,109 @@
+"""Official T2T-ViT checkpoints (yitu-opensource/T2T-ViT) -> lit_vit T2TViT.
+
+The official key names are ours (REFERENCE.md section 2) but for the position table: `pos_embed` (1, N+1, D) ->
+`pos_embed.pos_embed`. The released files were written by timm's training script: a dict with `state_dict`,
+`state_dict_ema`, the optimizer state and the training `args` (an argparse.Namespace, the one non-tensor object
+that is allowed through the safe unpickler here).
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from lit_vit.errors import ConfigError
+from lit_vit.models.layers import resample_grid
+from lit_vit.models.t2t_vit import T2T_VARIANTS, T2TViT
+from lit_vit.models.weights.io import describe_mismatch, load_state_dict
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def read_t2t_checkpoint(path: str | Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The official state dict of a .pth / .pth.tar file (`state_dict_ema` when use_ema and present, else
+    `state_dict`, else the bare dict), read with torch.load(weights_only=True); `module.` prefixes removed."""
+    prefer = ("state_dict_ema", "state_dict") if use_ema else ("state_dict",)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_state_dict(path, prefer=prefer)
+
+
+def describe_checkpoint(sd: dict[str, torch.Tensor]) -> str:
+    """What model a state dict came from, e.g. "T2T-ViT_t-14 (transformer, embed_dim 384, depth 14)"."""
+    if "cls_token" not in sd:
+        return "not a T2T-ViT (no cls_token)"
+    tokens = "performer" if "tokens_to_token.attention1.w" in sd else "transformer"
+    dim = sd["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    names = [
+        name
+        for name, v in T2T_VARIANTS.items()
+        if (v["tokens_type"], v["embed_dim"], v["depth"]) == (tokens, dim, depth)
+    ]
+    return f"{names[0] if names else 'a custom T2T-ViT'} ({tokens}, embed_dim {dim}, depth {depth})"
+
+
+def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, torch.Tensor]:
+    """Rename the position table and resample it to the model's token grid (2-D bicubic, class row kept).
+
+    The table is interpolated rather than regenerated, as the official code does between 224 and 384 px: the 384-px
+    checkpoints were fine-tuned with a table interpolated from the 224 one (it is frozen, so it stays that way), and
+    interpolation keeps each patch's code tied to its place in the image. No antialiasing, as the official resize.
+    """
+    sd = dict(sd)
+    if "pos_embed" in sd:
+        if "pos_embed.pos_embed" not in model.state_dict():
+            raise ConfigError(
+                "official T2T-ViT checkpoints carry a 1-D position table (pos_embed, (1, N+1, D)) but this model was "
+                "built with another position embedding; set pos_embed: sincos_1d (the official one) or learned_1d"
+            )
+        table = sd.pop("pos_embed")
+        n_old = table.shape[1] - model.num_prefix_tokens
+        if table.ndim == 3 and n_old != model.grid[0] * model.grid[1]:
+            side = int(round(n_old**0.5))
+            if side * side != n_old:
+                raise ConfigError(
+                    f"the checkpoint's position table has {n_old} patch rows, not a square grid, and the model's "
+                    f"grid is {model.grid}; build the model at the checkpoint's image size"
+                )
+            prefix, patches = table[:, : model.num_prefix_tokens], table[:, model.num_prefix_tokens :]
+            table = torch.cat([prefix, resample_grid(patches, (side, side), model.grid, antialias=False)], dim=1)
+        sd["pos_embed.pos_embed"] = table
+    return sd
+
+
+def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -> list[str]:
+    """Load an official T2T-ViT checkpoint into `model` with strict key and shape checking.
+
+    The head is skipped (left as initialised) when its size differs from the model's (fine-tuning on other classes).
+    When the model has the default attention scale (qk_scale None), it is set to embed_dim ** -0.5, the scale the
+    released weights were trained with (the official code does the same when loading them).
+    Returns the keys deliberately not loaded.
+    """
+    raw = read_t2t_checkpoint(path, use_ema)
+    sd = t2t_from_official(raw, model)
+    own = model.state_dict()
+    skipped = [k for k in HEAD_KEYS if k in sd and (k not in own or sd[k].shape != own[k].shape)]
+    for k in skipped:
+        sd.pop(k)
+    missing = [k for k in own if k not in sd and k not in skipped]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        msg = describe_mismatch(
+            missing,
+            unexpected,
+            f"this T2T-ViT ({model.tokens_type}, embed_dim {model.embed_dim}, "
+            f"depth {len(model.blocks)}, in_chans {model.in_chans})",
+        )
+        if shapes:
+            msg += f"; shape mismatches ({len(shapes)}): " + ", ".join(shapes[:6])
+        raise ConfigError(
+            f"{msg}. {path} holds {describe_checkpoint(raw)}: build the model with that variant (and in_chans 3, "
+            "token_dim 64), or check that the file is an official T2T-ViT checkpoint"
+        )
+    model.load_state_dict(sd, strict=False)  # strictness checked above, with the deliberately skipped head
+    if model.qk_scale is None:
+        model.set_qk_scale(model.embed_dim**-0.5)
+    return skipped
