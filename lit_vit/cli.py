@@ -127,6 +127,20 @@ def main(args: list[str] | None = None) -> None:
             getattr(importlib.import_module(module), func)(argv[1:])
         else:
             LitViTCLI(args=args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, ValueError) as err:
+        config_error = _config_error(err)
+        if config_error is None:
+            raise
+        print(f"error: {config_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_error(err: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `err`: jsonargparse wraps one raised in a class constructor (e.g. a backbone's) into a
+    ValueError while instantiating the config."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, ConfigError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
