@@ -63,6 +63,8 @@ class LearnedPosEmbed1d(PosEmbed):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        if tuple(grid) == self.grid:  # the common case: no slice / cat, which cost as much as the add itself
+            return self.pos_embed
         prefix, patches = self.pos_embed[:, : self.num_prefix], self.pos_embed[:, self.num_prefix :]
         return torch.cat([prefix, resample_grid(patches, self.grid, grid)], dim=1)
 
