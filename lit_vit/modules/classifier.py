@@ -49,6 +49,8 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: label smoothing of the cross-entropy.
         pretrained: weights file to fine-tune from (timm / torchvision / official / lit_vit layouts, read safely);
             loaded into the backbone when a fit starts from scratch (not on resume), the head stays new.
+        compile: torch.compile the backbone's forward (in place, so checkpoint keys stay the same); the first steps
+            are slow while it compiles.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ImageClassifier(L.LightningModule):
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         pretrained: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
@@ -72,6 +75,8 @@ class ImageClassifier(L.LightningModule):
         if not hasattr(backbone, "reset_classifier"):
             raise ConfigError(f"backbone {type(backbone).__name__} has no reset_classifier(num_classes) method")
         self.backbone = backbone
+        if compile:
+            self.backbone.compile()  # compiles __call__ in place: no `_orig_mod.` wrapper in the state dict
         if num_classes is not None:
             self._set_classes(num_classes, class_names)
 
@@ -136,7 +141,8 @@ class ImageClassifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc1(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        # no prog_bar: Lightning turns every progress-bar value into a Python number each step (a host-device sync)
+        self.log("train/loss", loss)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
         return loss
 
@@ -162,7 +168,7 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cuda", "cpu")  # one kernel for all parameters (on CPU ~5x faster than foreach)
         optimizer = torch.optim.AdamW(
             param_groups(self.backbone, hp.weight_decay), lr=hp.lr, betas=hp.betas, fused=fused
         )
