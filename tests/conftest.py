@@ -27,6 +27,7 @@ def tiny_fit_args(run_dir, *extra: str, max_epochs: int = 1, limit_batches: int 
         f"--trainer.limit_train_batches={limit_batches}",
         f"--trainer.limit_val_batches={limit_batches}",
         "--trainer.accelerator=cpu",
+        "--trainer.log_every_n_steps=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--seed_everything=0",

@@ -19,24 +19,20 @@ class _AppendingWriter(ExperimentWriter):
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
-    def num_rows(self) -> int:
-        if not os.path.isfile(self.metrics_file_path):
-            return 0
-        with open(self.metrics_file_path, newline="") as f:
-            return sum(1 for _ in csv.DictReader(f))
-
-    def truncate(self, num_rows: int) -> None:
-        """Drop rows logged after the checkpoint a run resumes from (they will be logged again)."""
+    def drop_rows_from_step(self, step: int) -> None:
+        """Drop rows logged at `step` or later: a run resumed from a checkpoint taken after `step` optimiser steps
+        logs them again. (Lightning logs a row with the number of steps taken before it, so those rows stay.)"""
         if not os.path.isfile(self.metrics_file_path):
             return
         with open(self.metrics_file_path, newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, list(reader)
-        if len(rows) > num_rows:
+        kept = [r for r in rows if not r.get("step") or int(r["step"]) < step]
+        if len(kept) < len(rows):
             with open(self.metrics_file_path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
-                writer.writerows(rows[:num_rows])
+                writer.writerows(kept)
 
 
 class RunLogger(CSVLogger):
@@ -75,17 +71,17 @@ class AtomicModelCheckpoint(ModelCheckpoint):
 
 
 class LastCheckpoint(Callback):
-    """Keeps `<dirpath>/last.ckpt` current: every `every_n_steps` optimiser steps, after each validation, at the end
-    of training and when the run is interrupted (Ctrl-C, SIGTERM) in a single process.
+    """Keeps `<dirpath>/last.ckpt` current: every `every_n_steps` optimiser steps, after each validation and training
+    epoch, at the end of training and when the run is interrupted (Ctrl-C, SIGTERM) in a single process.
 
-    Its state records how many metrics.csv rows existed at save time, so a resumed run continues the same file without
-    duplicated rows.
+    On resume it drops the metrics.csv rows logged after the checkpoint's step (the resumed run logs them again), so
+    one run keeps one metrics file without duplicated rows.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 100) -> None:
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
-        self._metrics_rows: int | None = None
+        self._resumed_step: int | None = None
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking or trainer.global_step == 0:
@@ -101,6 +97,9 @@ class LastCheckpoint(Callback):
         if trainer.state.fn == "fit":
             self._save(trainer)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
 
@@ -113,26 +112,11 @@ class LastCheckpoint(Callback):
         ):
             self._save(trainer)
 
-    def state_dict(self) -> dict[str, Any]:
-        logger = self._run_logger()
-        if logger is None:
-            return {}
-        logger.save()
-        return {"metrics_rows": logger.experiment.num_rows()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._metrics_rows = state_dict.get("metrics_rows")
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resumed_step = checkpoint.get("global_step")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = self._run_logger()
-        if self._metrics_rows is not None and logger is not None and trainer.is_global_zero:
-            logger.experiment.truncate(self._metrics_rows)
-        self._metrics_rows = None
-
-    def _run_logger(self) -> RunLogger | None:
-        trainer = getattr(self, "_trainer", None)
-        loggers = trainer.loggers if trainer is not None else []
-        return next((lg for lg in loggers if isinstance(lg, RunLogger)), None)
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
+        if self._resumed_step is not None and logger is not None and trainer.is_global_zero:
+            logger.experiment.drop_rows_from_step(self._resumed_step)
+        self._resumed_step = None
