@@ -159,7 +159,7 @@ def test_image_folder_tree(tmp_path):
 
 def test_image_folder_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist; expected .*/train/<class>/<image>"):
-        ImageFolderDataModule(root=str(tmp_path / "nope")).class_names
+        _ = ImageFolderDataModule(root=str(tmp_path / "nope")).class_names
 
 
 def test_image_folder_grey_channels(tmp_path):
