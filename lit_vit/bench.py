@@ -1,0 +1,640 @@
+"""`python -m lit_vit bench`: training / inference throughput of a backbone (against timm for ViT) and data throughput.
+
+Three modes, any combination in one call:
+
+- ``train``: one optimiser step per iteration (forward, cross-entropy, backward, AdamW step) on a fixed random batch;
+- ``infer``: forward in eval mode under ``torch.inference_mode``;
+- ``data``: a DataModule's training loader alone (decoding and augmentation) for each worker count.
+
+For a lit_vit ViT whose architecture timm's ``VisionTransformer`` can express (learned 1-D or no position embedding,
+cls / gap / map pooling), timm's model is built with the same dimensions and the lit_vit weights, checked to give the
+same outputs, and timed in the same process: the two models alternate repeat by repeat (and swap which goes first),
+so a change in machine load hits both. Times are medians over the repeats after warm-up; on CUDA every timed window
+is bracketed by ``torch.cuda.synchronize()``. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the real
+model (attention included; a training step counts forward and backward), and MFU = achieved FLOP/s / peak FLOP/s of
+the device (looked up for common GPUs, or given with --peak-tflops).
+
+Every run appends one JSON record to --output (default benchmarks/results.jsonl); ``--table FILE`` prints the
+records of a results file as the markdown table used in BENCHMARKS.md.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from lit_vit.errors import ConfigError
+from lit_vit.perf import count_flops, peak_flops, synchronize
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+MODES = ("train", "infer", "data")
+VIT_CLASS_PATH = "lit_vit.models.VisionTransformer"
+DEFAULT_DATA = {"class_path": "lit_vit.data.DigitsDataModule", "init_args": {}}
+
+# --- model construction ------------------------------------------------------------------------------------------
+
+
+def import_object(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import {class_path!r} ({err}); give a class path such as {VIT_CLASS_PATH}") from err
+
+
+def find_section(config: dict, key: str) -> dict | None:
+    """The {class_path, init_args} of `key` ('backbone' or 'data') in a bench YAML, a fit config or a bare section."""
+    if key == "backbone":
+        candidates = [config.get("backbone"), ((config.get("model") or {}).get("init_args") or {}).get("backbone")]
+        if "class_path" in config and "data" not in config and "model" not in config:
+            candidates.append(config)
+    else:
+        candidates = [config.get("data")]
+    for section in candidates:
+        if isinstance(section, dict) and "class_path" in section:
+            return {"class_path": section["class_path"], "init_args": dict(section.get("init_args") or {})}
+    return None
+
+
+def load_config(path: str | None) -> dict:
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise ConfigError(f"--config {path}: no such file; give a YAML with a backbone (class_path / init_args)")
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def backbone_spec(args: argparse.Namespace, config: dict) -> dict:
+    """The backbone's class_path / init_args: the YAML's, with the ViT command-line flags applied on top."""
+    spec = find_section(config, "backbone") or {"class_path": VIT_CLASS_PATH, "init_args": {}}
+    flags = {
+        "variant": args.variant,
+        "img_size": args.img_size,
+        "patch_size": args.patch_size,
+        "in_chans": args.in_chans,
+        "num_classes": args.num_classes,
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
+        "num_heads": args.num_heads,
+        "mlp_ratio": args.mlp_ratio,
+        "pool": args.pool,
+        "pos_embed": args.pos_embed,
+        "class_token": args.class_token,
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if flags and spec["class_path"] != VIT_CLASS_PATH:
+        raise ConfigError(
+            f"--{next(iter(flags)).replace('_', '-')} applies to {VIT_CLASS_PATH} only, but the backbone is "
+            f"{spec['class_path']}; set the option in the YAML's init_args instead"
+        )
+    spec["init_args"].update(flags)
+    if spec["class_path"] == VIT_CLASS_PATH:
+        spec["init_args"].setdefault("num_classes", 1000)
+    return spec
+
+
+def build_backbone(spec: dict) -> nn.Module:
+    cls = import_object(spec["class_path"])
+    try:
+        return cls(**spec["init_args"])
+    except TypeError as err:
+        raise ConfigError(f"cannot build {spec['class_path']} with {spec['init_args']}: {err}") from err
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) the backbone expects, from its patch embedding and `img_size`."""
+    size = getattr(model, "img_size", None)
+    if size is None:
+        raise ConfigError(f"{type(model).__name__} has no img_size attribute; the bench cannot size its input batch")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    chans = getattr(model, "in_chans", None) or (convs[0].in_channels if convs else 3)
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(chans), int(h), int(w)
+
+
+def timm_twin(model: nn.Module) -> tuple[nn.Module | None, str]:
+    """timm's VisionTransformer with `model`'s architecture and weights, or None and the reason."""
+    from lit_vit.models import VisionTransformer
+
+    if type(model) is not VisionTransformer:
+        return None, f"no timm counterpart for {type(model).__name__}"
+    pos = type(model.pos_embed).__name__
+    kinds = {"LearnedPosEmbed1d": "learn", "PosEmbed": "none"}
+    if pos not in kinds:
+        return None, f"timm's VisionTransformer has no {pos} position embedding"
+    try:
+        import timm.models.vision_transformer as timm_vit
+    except ImportError:
+        return None, "timm is not installed (pip install timm)"
+    block = model.blocks[0] if len(model.blocks) else None
+    if block is not None and abs(block.attn.scale - block.attn.head_dim**-0.5) > 1e-12:
+        return None, "qk_scale differs from head_dim ** -0.5, which timm cannot express"
+    twin = timm_vit.VisionTransformer(
+        img_size=model.img_size,
+        patch_size=model.patch_embed.patch_size,
+        in_chans=model.patch_embed.proj.in_channels,
+        num_classes=model.num_classes,
+        global_pool={"cls": "token", "gap": "avg", "map": "map"}[model.pool],
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=block.attn.num_heads if block is not None else 1,
+        mlp_ratio=block.mlp.fc1.out_features / model.embed_dim if block is not None else 4.0,
+        qkv_bias=block.attn.qkv.bias is not None if block is not None else True,
+        class_token=model.cls_token is not None,
+        pos_embed=kinds[pos],
+    )
+    state = {("pos_embed" if k == "pos_embed.pos_embed" else k): v for k, v in model.state_dict().items()}
+    twin.load_state_dict(state, strict=True)
+    return twin, ""
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "32-true":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Runner:
+    """One model with its optimiser and a fixed batch; `step()` runs one training step or one inference forward."""
+
+    def __init__(self, model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, precision: str) -> None:
+        self.model, self.mode, self.x, self.y, self.precision = model, mode, x, y, precision
+        device = x.device
+        self.optimizer = None
+        if mode == "train":
+            model.train()
+            fused = device.type in ("cuda", "cpu")
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=fused)
+        else:
+            model.eval()
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" and mode == "train" else None
+
+    def step(self) -> None:
+        device = self.x.device
+        if self.mode == "infer":
+            with torch.inference_mode(), autocast(device, self.precision):
+                self.model(self.x)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(device, self.precision):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def timed(self, steps: int) -> float:
+        """Seconds per step over `steps` steps (synchronised before and after on CUDA)."""
+        device = self.x.device
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        synchronize(device)
+        return (time.perf_counter() - t0) / steps
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def fixed_batch(args: argparse.Namespace, device: torch.device, shape, num_classes: int):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, *shape, generator=gen).to(device)
+    y = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=gen).to(device)
+    return x, y
+
+
+def bench_models(
+    models: dict[str, nn.Module], mode: str, args: argparse.Namespace, batch, flops: dict[str, int]
+) -> dict:
+    """Alternate the models repeat by repeat; medians after warm-up."""
+    x, y = batch
+    device = x.device
+    runners = {name: Runner(m, mode, x, y, args.precision) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    memory: dict[str, float] = dict.fromkeys(models, 0.0)
+    names = list(models)
+    for r in range(args.warmup + args.repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t = runners[name].timed(args.steps)
+            memory[name] = max(memory[name], peak_memory_mb(device))
+            if r >= args.warmup:
+                times[name].append(t)
+    peak, peak_source = peak_flops(device, args.precision, args.peak_tflops)
+    out = {}
+    for name in names:
+        median = statistics.median(times[name])
+        achieved = flops[name] / median
+        out[name] = {
+            "step_time_ms": median * 1e3,
+            "step_time_ms_min": min(times[name]) * 1e3,
+            "step_time_ms_all": [round(t * 1e3, 3) for t in times[name]],
+            "images_per_s": args.batch_size / median,
+            "flops_per_step": flops[name],
+            "tflops_per_s": achieved / 1e12,
+            "mfu": achieved / peak if peak else None,
+            "peak_memory_mb": memory[name] if device.type == "cuda" else None,
+        }
+    if device.type != "cuda":
+        out["process_peak_rss_mb"] = peak_memory_mb(device)
+    out["peak_flops"] = peak
+    out["peak_flops_source"] = peak_source
+    if "timm" in out:
+        out["ratio_lit_vit_over_timm"] = out["lit_vit"]["images_per_s"] / out["timm"]["images_per_s"]
+    return out
+
+
+# --- data pipeline -----------------------------------------------------------------------------------------------
+
+
+def write_jpeg_tree(root: Path, num_images: int, size: int, num_classes: int = 4) -> Path:
+    """An ImageFolder tree (train/<class>/*.jpg, val/<class>/*.jpg) of smooth random colour images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", num_images), ("val", max(num_classes, num_images // 10))):
+        for i in range(n):
+            folder = root / split / f"class_{i % num_classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(low).resize((size, size), Image.BICUBIC)
+            img.save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def bench_data(spec: dict, args: argparse.Namespace) -> dict:
+    """Images/s of the training loader (decode + augment + collate) per worker count."""
+    cls = import_object(spec["class_path"])
+    results = {}
+    for workers in args.workers:
+        init = dict(spec["init_args"], num_workers=workers, persistent_workers=False)
+        if args.data_batch_size is not None:
+            init["batch_size"] = args.data_batch_size
+        dm = cls(**init)
+        dm.prepare_data()
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        t0 = time.perf_counter()
+        next(it)
+        first = time.perf_counter() - t0
+        images, batches, t0 = 0, 0, time.perf_counter()
+        for batch in it:
+            images += len(batch[0])
+            batches += 1
+            if batches >= args.data_batches:
+                break
+        elapsed = time.perf_counter() - t0
+        if batches == 0:
+            raise ConfigError(
+                f"the training loader of {spec['class_path']} gave only one batch; use a smaller --data-batch-size"
+            )
+        results[str(workers)] = {
+            "images_per_s": images / elapsed,
+            "batches": batches,
+            "batch_size": dm.batch_size,
+            "first_batch_s": first,
+            "img_size": list(dm.img_size),
+        }
+        del it, loader
+    return results
+
+
+# --- records -----------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("timm", "lightning", "torchvision"):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "hostname": platform.node(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "versions": versions(),
+    }
+    return env
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def short_config(spec: dict) -> str:
+    args = spec["init_args"]
+    keys = ("variant", "embed_dim", "depth", "num_heads", "patch_size", "img_size", "pool", "pos_embed")
+    desc = ", ".join(f"{k}={args[k]}" for k in keys if k in args)
+    return f"{spec['class_path'].rsplit('.', 1)[-1]}({desc})"
+
+
+def table(records: list[dict]) -> str:
+    """Markdown rows: one per (record, mode), lit_vit and timm side by side."""
+    lines = [
+        "| date (UTC) | device | threads | load avg | model | mode | batch | precision | compile | "
+        "lit_vit img/s | timm img/s | ratio | lit_vit step ms | TFLOP/s | MFU | peak mem MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        env, cfg = rec["environment"], rec["config"]
+        device = env["gpu"] or env["cpu_model"]
+        for mode in ("train", "infer"):
+            res = rec["results"].get(mode)
+            if not res:
+                continue
+            ours, timm = res["lit_vit"], res.get("timm")
+            mfu = f"{ours['mfu']:.1%}" if ours["mfu"] is not None else "n/a"
+            mem = ours["peak_memory_mb"] if ours["peak_memory_mb"] is not None else res.get("process_peak_rss_mb")
+            mem_s = f"{mem:.0f}" + ("" if ours["peak_memory_mb"] is not None else " (RSS)")
+            timm_ips = f"{timm['images_per_s']:.1f}" if timm else "n/a"
+            ratio = f"{res['ratio_lit_vit_over_timm']:.3f}" if timm else "n/a"
+            lines.append(
+                f"| {rec['date'][:16]} | {device} | {env['torch_threads']} | {rec['load_average_before'][0]} | "
+                f"{cfg['model']} | {mode} | {cfg['batch_size']} | {cfg['precision']} | {cfg['compile']} | "
+                f"{ours['images_per_s']:.1f} | {timm_ips} | {ratio} | {ours['step_time_ms']:.1f} | "
+                f"{ours['tflops_per_s']:.3f} | {mfu} | {mem_s} |"
+            )
+    return "\n".join(lines)
+
+
+def data_table(records: list[dict]) -> str:
+    lines = [
+        "| date (UTC) | device | load avg | data | batch | workers | img/s | first batch s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in records:
+        res = rec["results"].get("data")
+        if not res:
+            continue
+        for workers, r in res.items():
+            lines.append(
+                f"| {rec['date'][:16]} | {rec['environment']['cpu_model']} | {rec['load_average_before'][0]} | "
+                f"{rec['config']['data']} | {r['batch_size']} | {workers} | {r['images_per_s']:.0f} | "
+                f"{r['first_batch_s']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lit_vit bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        help="YAML holding the backbone (a {class_path, init_args} section, a 'backbone:' key or a fit config's "
+        "model.init_args.backbone) and optionally a 'data:' section for --mode data",
+    )
+    vit = p.add_argument_group("ViT architecture (lit_vit.models.VisionTransformer; override the YAML)")
+    vit.add_argument("--variant", choices=("Ti", "S", "B", "L", "H"))
+    vit.add_argument("--patch-size", type=int)
+    vit.add_argument("--img-size", type=int)
+    vit.add_argument("--in-chans", type=int)
+    vit.add_argument("--num-classes", type=int, help="head size (default 1000)")
+    vit.add_argument("--embed-dim", type=int)
+    vit.add_argument("--depth", type=int)
+    vit.add_argument("--num-heads", type=int)
+    vit.add_argument("--mlp-ratio", type=float)
+    vit.add_argument("--pool", choices=("cls", "gap", "map"))
+    vit.add_argument("--pos-embed", choices=("none", "learned_1d", "learned_2d", "sincos_2d", "relative"))
+    vit.add_argument("--class-token", action=argparse.BooleanOptionalAction, default=None)
+    run = p.add_argument_group("run")
+    run.add_argument("--mode", nargs="+", choices=MODES, default=["train", "infer"])
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--precision", choices=PRECISIONS, default="32-true")
+    run.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile both models"
+    )
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument(
+        "--matmul-precision",
+        choices=("highest", "high", "medium"),
+        help="torch.set_float32_matmul_precision (high / medium allow TF32 for 32-true on Ampere and newer)",
+    )
+    run.add_argument("--warmup", type=int, default=3, help="untimed repeats per model (compilation happens here)")
+    run.add_argument("--repeats", type=int, default=10, help="timed repeats per model; the median is reported")
+    run.add_argument("--steps", type=int, default=1, help="steps per repeat")
+    run.add_argument("--timm", action=argparse.BooleanOptionalAction, default=True, help="also time timm's ViT")
+    run.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: looked up for known GPUs)")
+    data = p.add_argument_group("data mode")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to time")
+    data.add_argument("--data-batches", type=int, default=20, help="batches timed per worker count (after the first)")
+    data.add_argument("--data-batch-size", type=int, help="override the DataModule's batch_size")
+    data.add_argument(
+        "--jpeg-tree",
+        type=int,
+        metavar="N",
+        help="time an ImageFolderDataModule over N generated JPEGs (in a temporary folder) instead of the YAML's data",
+    )
+    data.add_argument("--jpeg-size", type=int, default=256, help="side of the generated JPEGs")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", default="benchmarks/results.jsonl", help="JSON-lines file the record is appended to")
+    out.add_argument("--no-save", action="store_true", help="print only, append nothing")
+    out.add_argument("--table", metavar="JSONL", help="print the records of a results file as markdown and exit")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "repeats", "steps", "data_batches"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
+    if any(w < 0 for w in args.workers):
+        raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {args.device}: choose cpu or cuda[:N]")
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    check_args(args)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
+    config = load_config(args.config)
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m lit_vit bench " + shlex.join(argv),
+        "load_average_before": load_average(),
+        "environment": environment(device),
+        "config": {
+            "batch_size": args.batch_size,
+            "precision": args.precision,
+            "compile": args.compile,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "steps": args.steps,
+        },
+        "results": {},
+    }
+    model_modes = [m for m in args.mode if m != "data"]
+    if model_modes:
+        spec = backbone_spec(args, config)
+        torch.manual_seed(0)
+        ours = build_backbone(spec).to(device)
+        shape = input_shape(ours)
+        num_classes = getattr(ours, "num_classes", 1000)
+        record["config"].update(model=short_config(spec), backbone=spec, input_shape=list(shape))
+        record["params"] = {"lit_vit": sum(p.numel() for p in ours.parameters())}
+        models: dict[str, nn.Module] = {"lit_vit": ours}
+        twin, why = timm_twin(ours) if args.timm else (None, "--no-timm")
+        if twin is not None:
+            twin = twin.to(device)
+            record["params"]["timm"] = sum(p.numel() for p in twin.parameters())
+            ours.eval(), twin.eval()
+            with torch.no_grad():
+                probe = torch.randn(2, *shape, device=device)
+                record["timm_max_abs_diff"] = (ours(probe) - twin(probe)).abs().max().item()
+            models["timm"] = twin
+        record["timm_skipped"] = why or None
+        batch = fixed_batch(args, device, shape, num_classes)
+        # FLOPs are counted eagerly, before compilation (FlopCounterMode does not see inside compiled graphs)
+        flops = {
+            mode: {n: count_flops(m, *batch, train=mode == "train") for n, m in models.items()} for mode in model_modes
+        }
+        if args.compile:
+            for m in models.values():
+                m.compile()
+        for mode in model_modes:
+            record["results"][mode] = bench_models(models, mode, args, batch, flops[mode])
+    if "data" in args.mode:
+        if args.jpeg_tree:
+            tmp = tempfile.TemporaryDirectory(prefix="lit_vit_bench_")
+            root = write_jpeg_tree(Path(tmp.name), args.jpeg_tree, args.jpeg_size)
+            data_spec = {"class_path": "lit_vit.data.ImageFolderDataModule", "init_args": {"root": str(root)}}
+            data_spec["init_args"].update((find_section(config, "data") or {}).get("init_args", {}))
+            data_spec["init_args"]["root"] = str(root)
+        else:
+            data_spec = find_section(config, "data") or DEFAULT_DATA
+        record["config"]["data"] = short_data(data_spec, args)
+        record["config"]["data_spec"] = data_spec
+        record["results"]["data"] = bench_data(data_spec, args)
+        if args.jpeg_tree:
+            tmp.cleanup()
+    record["load_average_after"] = load_average()
+    return record
+
+
+def short_data(spec: dict, args: argparse.Namespace) -> str:
+    name = spec["class_path"].rsplit(".", 1)[-1]
+    init = spec["init_args"]
+    desc = [f"img_size={init.get('img_size', 'default')}", f"augment={init.get('augment', 'default')}"]
+    if args.jpeg_tree:
+        desc.append(f"{args.jpeg_tree} JPEGs {args.jpeg_size}px")
+    return f"{name}({', '.join(desc)})"
+
+
+def summary(record: dict) -> str:
+    lines = [f"{record['config'].get('model', '')}  ({record['environment']['device']}, "
+             f"{record['environment']['torch_threads']} threads, load {record['load_average_before']})"]  # fmt: skip
+    if "timm_max_abs_diff" in record:
+        lines.append(f"timm twin: same weights, max |output difference| {record['timm_max_abs_diff']:.2e}")
+    elif record.get("timm_skipped"):
+        lines.append(f"timm not timed: {record['timm_skipped']}")
+    for mode in ("train", "infer"):
+        res = record["results"].get(mode)
+        if not res:
+            continue
+        for name in ("lit_vit", "timm"):
+            if name in res:
+                r = res[name]
+                mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
+                mem = f", peak {r['peak_memory_mb']:.0f} MB" if r["peak_memory_mb"] is not None else ""
+                lines.append(
+                    f"{mode:5s} {name:7s} {r['images_per_s']:9.1f} img/s  {r['step_time_ms']:8.2f} ms/step  "
+                    f"{r['tflops_per_s']:.3f} TFLOP/s{mfu}{mem}"
+                )
+        if "ratio_lit_vit_over_timm" in res:
+            lines.append(f"{mode:5s} lit_vit / timm throughput: {res['ratio_lit_vit_over_timm']:.3f}")
+        if "process_peak_rss_mb" in res:
+            lines.append(f"{mode:5s} process peak RSS {res['process_peak_rss_mb']:.0f} MB (both models)")
+        if res["peak_flops"] is None:
+            lines.append(f"{mode:5s} MFU: {res['peak_flops_source']}")
+    for workers, r in record["results"].get("data", {}).items():
+        lines.append(f"data  {workers} workers: {r['images_per_s']:.0f} img/s (first batch {r['first_batch_s']:.2f} s)")
+    if "data" in record["results"] and "train" in record["results"]:
+        need = record["results"]["train"]["lit_vit"]["images_per_s"]
+        best = max(r["images_per_s"] for r in record["results"]["data"].values())
+        verdict = "keeps up with" if best >= need else "would starve"
+        lines.append(f"data: the fastest loader setting ({best:.0f} img/s) {verdict} training ({need:.0f} img/s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    if args.table:
+        records = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+        print(table(records))
+        print()
+        print(data_table(records))
+        return
+    record = run(args, argv)
+    print(summary(record))
+    if not args.no_save:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"appended to {out}")

@@ -1,0 +1,73 @@
+"""Training throughput (samples/s) and, where the device's peak is known, model FLOPs utilisation."""
+
+import time
+
+import lightning as L
+import torch
+
+from lit_vit.perf import count_flops, peak_flops, synchronize
+
+
+class ThroughputLogger(L.Callback):
+    """Logs `throughput/samples_per_s`, `throughput/step_time_s`, `throughput/tflops_per_s` and `throughput/mfu`.
+
+    Unlike Lightning's ThroughputMonitor, which synchronises the GPU after every batch, this callback synchronises
+    only at the trainer's logging steps (`log_every_n_steps`) and averages over the steps in between. FLOPs are
+    counted once, on the first training batch, with FlopCounterMode on the real model (forward and backward of one
+    sample, times the batch size; attention included). Validation time is excluded; checkpoint writing is not.
+    MFU = achieved FLOP/s / the device's dense peak for the trainer's precision (from lit_vit.perf.PEAK_TFLOPS, or
+    `peak_tflops`); it is not logged when the peak is unknown, as on any CPU.
+
+    Args:
+        peak_tflops: peak TFLOP/s of one device for MFU (default: looked up from the GPU name and the precision).
+    """
+
+    def __init__(self, peak_tflops: float | None = None) -> None:
+        super().__init__()
+        self.peak_tflops = peak_tflops
+        self.flops_per_sample: int | None = None
+        self.peak: float | None = None
+        self._t0: float | None = None
+        self._samples = 0
+        self._steps = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.peak, _ = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
+        self._restart(trainer)
+
+    def _restart(self, trainer: L.Trainer) -> None:
+        synchronize(trainer.strategy.root_device)
+        self._t0, self._samples, self._steps = time.perf_counter(), 0, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.flops_per_sample is None:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            model = getattr(pl_module, "backbone", pl_module)
+            # counting runs dropout / drop path once more: keep the random stream of the run unchanged
+            devices = [trainer.strategy.root_device] if trainer.strategy.root_device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self.flops_per_sample = count_flops(model, x[:1], train=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        self._samples += len(x) * trainer.world_size
+        self._steps += 1
+        if trainer.fit_loop._should_accumulate() or (trainer.global_step % trainer.log_every_n_steps):
+            return
+        synchronize(trainer.strategy.root_device)
+        elapsed = time.perf_counter() - self._t0
+        samples_per_s = self._samples / elapsed
+        metrics = {"throughput/samples_per_s": samples_per_s, "throughput/step_time_s": elapsed / self._steps}
+        if self.flops_per_sample:
+            flops_per_s = self.flops_per_sample * samples_per_s
+            metrics["throughput/tflops_per_s"] = flops_per_s / 1e12
+            if self.peak:
+                metrics["throughput/mfu"] = flops_per_s / (self.peak * trainer.world_size)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step - 1)  # the step Lightning logs this batch at
+        self._restart(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._restart(trainer)
