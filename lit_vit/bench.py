@@ -176,13 +176,14 @@ def autocast(device: torch.device, precision: str):
 class Runner:
     """One model with its optimiser and a fixed batch; `step()` runs one training step or one inference forward."""
 
-    def __init__(self, model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, precision: str) -> None:
+    def __init__(
+        self, model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, precision: str, fused: bool = True
+    ) -> None:
         self.model, self.mode, self.x, self.y, self.precision = model, mode, x, y, precision
         device = x.device
         self.optimizer = None
         if mode == "train":
             model.train()
-            fused = device.type in ("cuda", "cpu")
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=fused)
         else:
             model.eval()
@@ -235,7 +236,7 @@ def bench_models(
     """Alternate the models repeat by repeat; medians after warm-up."""
     x, y = batch
     device = x.device
-    runners = {name: Runner(m, mode, x, y, args.precision) for name, m in models.items()}
+    runners = {name: Runner(m, mode, x, y, args.precision, args.fused) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     memory: dict[str, float] = dict.fromkeys(models, 0.0)
     names = list(models)
@@ -398,10 +399,11 @@ def table(records: list[dict]) -> str:
             mem = ours["peak_memory_mb"] if ours["peak_memory_mb"] is not None else res.get("process_peak_rss_mb")
             mem_s = f"{mem:.0f}" + ("" if ours["peak_memory_mb"] is not None else " (RSS)")
             timm_ips = f"{timm['images_per_s']:.1f}" if timm else "n/a"
+            model = cfg["model"] + (f" [{rec['label']}]" if rec.get("label") else "")
             ratio = f"{res['ratio_lit_vit_over_timm']:.3f}" if timm else "n/a"
             lines.append(
                 f"| {rec['date'][:16]} | {device} | {env['torch_threads']} | {rec['load_average_before'][0]} | "
-                f"{cfg['model']} | {mode} | {cfg['batch_size']} | {cfg['precision']} | {cfg['compile']} | "
+                f"{model} | {mode} | {cfg['batch_size']} | {cfg['precision']} | {cfg['compile']} | "
                 f"{ours['images_per_s']:.1f} | {timm_ips} | {ratio} | {ours['step_time_ms']:.1f} | "
                 f"{ours['tflops_per_s']:.3f} | {mfu} | {mem_s} |"
             )
@@ -470,6 +472,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=3, help="untimed repeats per model (compilation happens here)")
     run.add_argument("--repeats", type=int, default=10, help="timed repeats per model; the median is reported")
     run.add_argument("--steps", type=int, default=1, help="steps per repeat")
+    run.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fused AdamW (one kernel for all parameters, as ImageClassifier uses on CUDA and CPU)",
+    )
     run.add_argument("--timm", action=argparse.BooleanOptionalAction, default=True, help="also time timm's ViT")
     run.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: looked up for known GPUs)")
     data = p.add_argument_group("data mode")
@@ -485,6 +493,7 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--jpeg-size", type=int, default=256, help="side of the generated JPEGs")
     out = p.add_argument_group("output")
     out.add_argument("--output", default="benchmarks/results.jsonl", help="JSON-lines file the record is appended to")
+    out.add_argument("--label", default="", help="free-text note stored with the record and shown in the table")
     out.add_argument("--no-save", action="store_true", help="print only, append nothing")
     out.add_argument("--table", metavar="JSONL", help="print the records of a results file as markdown and exit")
     return p
@@ -516,6 +525,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m lit_vit bench " + shlex.join(argv),
+        "label": args.label,
         "load_average_before": load_average(),
         "environment": environment(device),
         "config": {
@@ -525,6 +535,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "warmup": args.warmup,
             "repeats": args.repeats,
             "steps": args.steps,
+            "fused_adamw": args.fused,
         },
         "results": {},
     }
