@@ -1,8 +1,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,3 +183,23 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert last["global_step"] == 3  # 3 batches per process per epoch, as in a single process
     val_losses = [float(r["val/loss"]) for r in read_metrics(run_dir) if r.get("val/loss")]
     assert len(val_losses) == 1 and np.isfinite(val_losses[0])  # one row, reduced over both processes
+
+
+def test_a_run_killed_with_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+    """What a cluster scheduler does: SIGTERM mid-epoch, then the job is requeued with --ckpt_path last."""
+    run_dir, record = tmp_path / "run", tmp_path / "batches.jsonl"
+    args = tiny_fit_args(run_dir, callbacks_arg(record), "--checkpoint_every_n_steps=1000", limit_batches=400)
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=os.path.dirname(__file__))
+    proc = subprocess.Popen([sys.executable, "-m", "lit_vit", *args], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not record.exists() or len(record.read_text().splitlines()) < 5):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    killed = ckpt(run_dir / "checkpoints" / "last.ckpt")
+    steps_done = killed["global_step"]
+    assert 5 <= steps_done < 78  # mid-epoch (78 batches of 16 per epoch): saved on SIGTERM, not by the periodic save
+    main(tiny_fit_args(run_dir, "--ckpt_path=last", limit_batches=400))
+    finished = ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert (finished["epoch"], finished["global_step"]) == (1, 78)
