@@ -11,8 +11,10 @@ import zipfile
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
 from lit_vit.errors import ConfigError
 
@@ -59,7 +61,10 @@ def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> 
 
 
 class LitViTCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    """lit_vit's CLI; `callbacks` are added to the Trainer's (the ablation sweep passes its timing callback)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Callback] | None = None):
+        self.extra_callbacks = list(callbacks or [])
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
@@ -83,15 +88,38 @@ class LitViTCLI(LightningCLI):
         parser.add_argument(
             "--predict_output", type=str | None, default=None, help="predict CSV (default <run dir>/predictions.csv)"
         )
+        parser.add_argument(
+            "--ablation",
+            type=Ablation | None,
+            default=None,
+            help="a sweep for fit: variants (name + config overrides) x seeds, each an ordinary run in "
+            "<default_root_dir>/<variant>/seed=<n>/; see lit_vit/ablation and experiments/ablation_pos.yaml",
+        )
+
+    @property
+    def sweeping(self) -> bool:
+        return self.subcommand == "fit" and self.config["fit"].get("ablation") is not None
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config[self.subcommand].trainer.default_root_dir or "runs/default")
+        return Path(self.config[self.config.subcommand].trainer.default_root_dir or "runs/default")
+
+    def _parse_ckpt_path(self) -> None:
+        # Resolve 'last' / 'best' to this run's files and check them before Lightning reads the checkpoint's
+        # hyperparameters into the config (so `predict --ckpt_path best` rebuilds the trained model).
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else None
+        if cfg is not None and "ckpt_path" in cfg and cfg.get("ablation") is None:
+            cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        if "ckpt_path" in cfg:
-            cfg.ckpt_path = resolve_ckpt_path(self.subcommand, cfg.ckpt_path, self.run_dir)
+        if self.subcommand != "fit" and cfg.get("ablation") is not None:
+            raise ConfigError(
+                f"{self.subcommand} does not run ablation sweeps; give the config of one run instead: "
+                "--config <sweep dir>/<variant>/seed=<n>/config.yaml"
+            )
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg = self.config_init[self.subcommand]
@@ -111,12 +139,24 @@ class LitViTCLI(LightningCLI):
             ]  # fmt: skip
         if self.subcommand == "predict":
             callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = callbacks + self.extra_callbacks
         return super().instantiate_trainer(**kwargs)
+
+    def instantiate_classes(self) -> None:
+        if not self.sweeping:  # a sweep builds its runs' classes itself
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if self.sweeping:
+            from lit_vit.ablation.sweep import run_sweep
+
+            run_sweep(self)
+        else:
+            super()._run_subcommand(subcommand)
 
 
 # Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
-EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main"}
+EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main", "plot": "lit_vit.ablation.plots:main"}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,0 +1,181 @@
+"""Plots of an ablation sweep, drawn only from what the runs saved (results, metrics.csv, artifacts/*.npz).
+
+    python -m lit_vit plot <sweep dir>
+
+rewrites `<sweep dir>/results.csv` from the finished runs and draws into the sweep folder:
+
+- accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot;
+- curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
+- pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
+  (from its first seed).
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lit_vit.ablation.results import collect, mean_std, read_results, run_dir, validation_curve, write_results
+from lit_vit.callbacks.artifacts import ARTIFACTS_DIR, draw_distance, draw_rollout, draw_similarity, show_image
+from lit_vit.errors import ConfigError
+
+
+def _variant_order(sweep_dir: Path) -> list[str]:
+    path = sweep_dir / "sweep.yaml"
+    if not path.is_file():
+        return []
+    ablation = (yaml.safe_load(path.read_text()) or {}).get("ablation") or {}
+    return [v["name"] for v in ablation.get("variants") or []]
+
+
+def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["variant"], []).append(row)
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(sweep_dir: Path, rows: list[dict]) -> Path:
+    import matplotlib.pyplot as plt
+
+    groups = _by_variant(rows)
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 3.8))
+    for i, name in enumerate(names):
+        accs = [100 * r["final_val_acc1"] for r in groups[name]]
+        mean, std = mean_std(accs)
+        ax.errorbar(i, mean, yerr=std, fmt="s", color=f"C{i}", capsize=6, markersize=8, zorder=3)
+        ax.scatter(np.full(len(accs), i) + 0.12, accs, color=f"C{i}", s=14, alpha=0.6, zorder=2)
+        ax.annotate(f"{mean:.1f}\n+-{std:.1f}", (i, mean + std), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)  # fmt: skip
+    seeds = sorted({r["seed"] for r in rows})
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.12 * (high - low))
+    ax.set_ylabel("final val top-1 (%)")
+    ax.set_title(f"{sweep_dir.name}: mean +- std over {len(seeds)} seed(s) {seeds}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, sweep_dir / "accuracy.png")
+
+
+def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (name, group) in enumerate(_by_variant(rows).items()):
+        curves = [validation_curve(run_dir(sweep_dir, name, r["seed"])) for r in group]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        epochs = [p["epoch"] + 1 for p in curves[0][:n]]
+        accs = np.array([[100 * p["acc1"] for p in c[:n]] for c in curves])
+        ax.plot(epochs, accs.mean(0), color=f"C{i}", label=f"{name} ({len(curves)} seeds)")
+        ax.fill_between(epochs, accs.min(0), accs.max(0), color=f"C{i}", alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(f"{sweep_dir.name}: validation top-1 (mean over seeds, band = min..max)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, sweep_dir / "curves.png")
+
+
+def _artifacts(sweep_dir: Path, rows: list[dict], name: str) -> dict[str, dict]:
+    """variant -> the npz contents of `name` from the variant's first seed that has it."""
+    found = {}
+    for variant, group in _by_variant(rows).items():
+        for r in sorted(group, key=lambda r: r["seed"]):
+            path = run_dir(sweep_dir, variant, r["seed"]) / ARTIFACTS_DIR / f"{name}.npz"
+            if path.is_file():
+                with np.load(path) as data:
+                    found[variant] = {k: data[k] for k in data.files}
+                break
+    return found
+
+
+def plot_similarity(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = _artifacts(sweep_dir, rows, "pos_embed_similarity")
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(3.2 * len(found), 3.6), squeeze=False)
+    image = None
+    for ax, (variant, data) in zip(axes[0], found.items()):
+        image = draw_similarity(ax, data["similarity"], variant)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.02, label="cosine similarity")
+    fig.suptitle("position embedding similarity (each small map: one patch vs all patches)", fontsize=10)
+    return _save(fig, sweep_dir / "pos_embed_similarity.png")
+
+
+def plot_distance(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = _artifacts(sweep_dir, rows, "attention_distance")
+    if not found:
+        return None
+    top = max(float(d["max_distance"]) for d in found.values())
+    fig, axes = plt.subplots(1, len(found), figsize=(3 * len(found), 3), squeeze=False, sharey=True)
+    for ax, (variant, data) in zip(axes[0], found.items()):
+        draw_distance(ax, data["distance"], variant, max_distance=top)
+    fig.suptitle("mean attention distance per head (dots) against depth", fontsize=10)
+    return _save(fig, sweep_dir / "attention_distance.png")
+
+
+def plot_rollout(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = _artifacts(sweep_dir, rows, "attention_rollout")
+    if not found:
+        return None
+    n = min(len(d["images"]) for d in found.values())
+    fig, axes = plt.subplots(len(found) + 1, n, figsize=(1.3 * n + 1, 1.35 * (len(found) + 1)), squeeze=False)
+    first = next(iter(found.values()))
+    for j in range(n):
+        show_image(axes[0, j], first["images"][j])
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    for i, (variant, data) in enumerate(found.items(), 1):
+        for j in range(n):
+            draw_rollout(axes[i, j], data["images"][j], data["rollout"][j])
+        axes[i, 0].set_ylabel(variant, fontsize=8)
+    fig.suptitle("attention rollout on validation images", fontsize=10)
+    return _save(fig, sweep_dir / "attention_rollout.png")
+
+
+def plot_sweep(sweep_dir: str | Path) -> list[Path]:
+    """Rewrite results.csv from the finished runs and draw every plot; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is not a folder; give the default_root_dir of an ablation sweep")
+    finished = collect(sweep_dir, _variant_order(sweep_dir))
+    if finished:
+        write_results(sweep_dir, finished)
+    rows = read_results(sweep_dir)
+    written = [sweep_dir / "results.csv", plot_accuracy(sweep_dir, rows), plot_curves(sweep_dir, rows)]
+    written += [p for p in (plot_similarity(sweep_dir, rows), plot_distance(sweep_dir, rows)) if p]
+    written += [p for p in (plot_rollout(sweep_dir, rows),) if p]
+    return written
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_vit plot",
+        description="Redraw an ablation sweep's results.csv and plots from its saved runs (no training).",
+    )
+    parser.add_argument("sweep_dir", help="the sweep's trainer.default_root_dir, e.g. runs/ablation_pos")
+    args = parser.parse_args(argv)
+    for path in plot_sweep(args.sweep_dir):
+        print(path)

@@ -1,0 +1,141 @@
+"""What a finished sweep run leaves behind (done.json) and the sweep's results.csv, read back from the run folders."""
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from lit_vit.errors import ConfigError
+
+DONE_FILE = "done.json"
+RESULTS_FILE = "results.csv"
+RESULT_COLUMNS = [
+    "variant",
+    "seed",
+    "best_val_acc1",
+    "best_val_acc5",
+    "best_epoch",
+    "final_val_acc1",
+    "final_val_acc5",
+    "final_val_loss",
+    "min_val_loss",
+    "epochs",
+    "steps",
+    "params",
+    "train_images_per_s",
+    "wall_s",
+]
+
+
+def run_dir(sweep_dir: Path, variant: str, seed: int) -> Path:
+    return Path(sweep_dir) / variant / f"seed={seed}"
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def validation_curve(run: Path) -> list[dict[str, float]]:
+    """Per validation: epoch, step, val/acc1, val/acc5, val/loss from `<run>/metrics.csv` (in logging order)."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    curve = []
+    for row in rows:
+        acc1 = _float(row.get("val/acc1"))
+        if acc1 is None:
+            continue
+        curve.append(
+            {
+                "epoch": int(float(row.get("epoch") or 0)),
+                "step": int(float(row.get("step") or 0)),
+                "acc1": acc1,
+                "acc5": _float(row.get("val/acc5")),
+                "loss": _float(row.get("val/loss")),
+            }
+        )
+    return curve
+
+
+def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str, Any]:
+    """The results row of a finished run: best / final validation metrics from metrics.csv plus `extra`."""
+    curve = validation_curve(run)
+    if not curve:
+        raise RuntimeError(f"{run}/metrics.csv has no validation rows: the run did not validate (check the config)")
+    best = max(curve, key=lambda r: r["acc1"])
+    final = curve[-1]
+    losses = [r["loss"] for r in curve if r["loss"] is not None]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "best_val_acc1": best["acc1"],
+        "best_val_acc5": best["acc5"],
+        "best_epoch": best["epoch"],
+        "final_val_acc1": final["acc1"],
+        "final_val_acc5": final["acc5"],
+        "final_val_loss": final["loss"],
+        "min_val_loss": min(losses) if losses else None,
+        "epochs": final["epoch"] + 1,
+        "steps": final["step"],
+        **extra,
+    }
+
+
+def write_done(run: Path, row: dict[str, Any]) -> None:
+    """Marks a run finished; written last (atomically), so a run without it is resumed or restarted, never skipped."""
+    tmp = Path(run) / (DONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2) + "\n")
+    tmp.replace(Path(run) / DONE_FILE)
+
+
+def read_done(run: Path) -> dict[str, Any] | None:
+    path = Path(run) / DONE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(sweep_dir: Path, order: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of every finished run under `sweep_dir` (<variant>/seed=<n>/done.json), variants in `order` first."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob(f"*/seed=*/{DONE_FILE}"))]
+    rank = {name: i for i, name in enumerate(order or [])}
+    return sorted(rows, key=lambda r: (rank.get(r["variant"], len(rank)), r["variant"], r["seed"]))
+
+
+def write_results(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    path = Path(sweep_dir) / RESULTS_FILE
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """results.csv of a sweep folder (numbers parsed); a clear error when there is none."""
+    path = Path(sweep_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{sweep_dir} holds no ablation results ({RESULTS_FILE} is missing and no <variant>/seed=<n>/{DONE_FILE}); "
+            "give the default_root_dir of a sweep that has finished at least one run, or run it first with "
+            "python -m lit_vit fit --config <ablation yaml>"
+        )
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in RESULT_COLUMNS[1:]:
+            value = _float(row.get(key))
+            row[key] = int(value) if key in ("seed", "best_epoch", "epochs", "steps", "params") and value else value
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std

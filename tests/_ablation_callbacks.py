@@ -1,0 +1,32 @@
+"""Callbacks the ablation tests inject through trainer.callbacks (importable: pytest puts tests/ on sys.path)."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class CrashOnce(Callback):
+    """Crashes the run whose folder ends with `run` at global step `step`, once (a marker file remembers it)."""
+
+    def __init__(self, run: str, step: int, marker: str) -> None:
+        self.run, self.step, self.marker = run, step, Path(marker)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        here = Path(trainer.default_root_dir).as_posix()
+        if here.endswith(self.run) and trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError(f"simulated crash of {self.run} at step {self.step}")
+
+
+class RecordSteps(Callback):
+    """Appends (run folder, global step) of every training batch to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        parts = Path(trainer.default_root_dir).parts
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"run": "/".join(parts[-2:]), "step": trainer.global_step}) + "\n")
