@@ -144,3 +144,18 @@ def test_cli_dispatches_bench_and_reports_errors_with_exit_2(capsys):
         cli_main(["bench", "--batch-size", "0", "--no-save"])
     assert exc.value.code == 2
     assert "error: --batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_vilt_times_image_text_matching(tmp_path):
+    pytest.importorskip("lit_vit.models.vilt")
+    config = tmp_path / "vilt.yaml"
+    init = {"vocab_size": 50, "max_text_len": 6, "img_size": 64, "patch_size": 32, "embed_dim": 32, "depth": 1}
+    init["num_heads"] = 2
+    config.write_text(yaml.safe_dump({"backbone": {"class_path": "lit_vit.models.vilt.ViLT", "init_args": init}}))
+    out = tmp_path / "r.jsonl"
+    bench_main(["--config", str(config), *FAST, "--output", str(out)])
+    (rec,) = records(out)
+    assert rec["config"]["input_shape"] == [3, 64, 64]
+    assert "ViLT" in rec["timm_skipped"]
+    assert set(rec["results"]) == {"train", "infer"}
+    assert rec["results"]["train"]["lit_vit"]["flops_per_step"] > rec["results"]["infer"]["lit_vit"]["flops_per_step"]
