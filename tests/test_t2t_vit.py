@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import tiny_fit_args
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from lit_vit.cli import main
 from lit_vit.errors import ConfigError
@@ -232,6 +233,16 @@ def test_variant_parameter_counts_equal_the_official_code(variant):
     if trainable is not None:
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
     assert model.tokens_type == T2T_VARIANTS[variant]["tokens_type"]
+
+
+# The paper's Table 2 GMACs: mm / addmm / bmm / attention MACs (FlopCounterMode flops / 2) of one 224-px image.
+@pytest.mark.parametrize("variant, gmacs", [("T2T-ViT-7", 1.1), ("T2T-ViT-14", 4.8), ("T2T-ViT_t-14", 6.1)])
+def test_macs_match_the_paper(variant, gmacs):
+    with torch.device("meta"):
+        model = T2TViT(variant=variant).eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, 224, 224))
+    assert round(counter.get_total_flops() / 2e9, 1) == gmacs
 
 
 def test_official_factory_names_select_the_same_variant():
@@ -501,13 +512,19 @@ def test_cli_fine_tunes_from_an_official_checkpoint_given_to_the_backbone(run_di
         **T2T_BACKBONE,
         "init_args": {**T2T_BACKBONE["init_args"], "checkpoint": str(tmp_path / "official.pth.tar")},
     }
-    main(
-        t2t_fit_args(run_dir, backbone=backbone, max_epochs=1, limit_batches=2) + ["--model.lr=0.0"]
-    )  # lr 0: no update
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    # the official transfer recipe's shape: SGD, the head at its own learning rate; body lr 0 so it must stay as loaded
+    recipe = ["--model.optimizer=sgd", "--model.momentum=0.9", "--model.lr=0.0", "--model.head_lr=0.05"]
+    main(t2t_fit_args(run_dir, backbone=backbone, max_epochs=1, limit_batches=2) + recipe)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
     for key in ("tokens_to_token.attention1.w", "tokens_to_token.attention2.kqv.weight", "blocks.1.mlp.fc2.weight"):
         assert torch.equal(state[f"backbone.{key}"], source.state_dict()[key]), key
-    assert state["backbone.head.weight"].shape == (10, 32)  # a new head for the 10 digits
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert sorted(g["initial_lr"] for g in groups) == [0.0, 0.0, 0.05, 0.05] and all(
+        g["momentum"] == 0.9 for g in groups
+    )
+    assert state["backbone.head.weight"].shape == (10, 32)  # a new head for the 10 digits, and it was trained
+    assert state["backbone.head.bias"].abs().sum() > 0  # initialised at zero: non-zero only if SGD updated it
     assert state["backbone.pos_embed.pos_embed"].shape == (1, 5, 32)  # 4x4 table resized to the 2x2 grid of 32 px
     module = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert module.backbone.blocks[0].attn.scale == pytest.approx(32**-0.5)  # rebuilt with the released-weights scale
@@ -521,3 +538,8 @@ def test_classifier_pretrained_route_needs_an_explicit_qk_scale(tmp_path):
     ours = ours_like(224, "performer", qk_scale=64**-0.5)
     ours.load_pretrained(str(tmp_path / "t2t.pth"))
     assert torch.equal(ours.tokens_to_token.attention2.w, ref.tokens_to_token.attention2.w)
+
+
+def test_classifier_refuses_an_unknown_optimizer():
+    with pytest.raises(ConfigError, match="unknown optimizer 'lamb'; choose adamw or sgd"):
+        ImageClassifier(backbone=tiny_t2t(), optimizer="lamb")

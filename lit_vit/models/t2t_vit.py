@@ -5,6 +5,7 @@ its checkpoints load with a single rename (see lit_vit/models/weights/t2t.py).
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,8 @@ class TokenPerformer(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(x).split(self.token_dim, dim=-1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device = x.device.type  # "meta" (shape analysis) has no autocast to switch off
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
             kp, qp = self.prm_exp(k.float()), self.prm_exp(q.float())
             normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # B, T, 1
             y = (qp @ (kp.transpose(1, 2) @ v.float())) / (normaliser + 1e-8)
