@@ -45,6 +45,11 @@ def test_bench_vit_writes_a_record_with_timm_comparison_and_mfu(tmp_path, capsys
         assert res["lit_vit"]["flops_per_step"] == res["timm"]["flops_per_step"]
         ratio = res["lit_vit"]["images_per_s"] / res["timm"]["images_per_s"]
         assert res["ratio_lit_vit_over_timm"] == pytest.approx(ratio)
+        pairs = [t / o for o, t in zip(res["lit_vit"]["step_time_ms_all"], res["timm"]["step_time_ms_all"])]
+        assert res["ratio_paired_median"] == pytest.approx(sum(pairs) / 2, rel=1e-3)  # the median of two
+        assert res["ratio_best"] == pytest.approx(
+            min(res["timm"]["step_time_ms_all"]) / min(res["lit_vit"]["step_time_ms_all"]), rel=1e-3
+        )
         assert res["process_peak_rss_mb"] > 0
     train, infer = rec["results"]["train"]["lit_vit"], rec["results"]["infer"]["lit_vit"]
     assert 2.5 < train["flops_per_step"] / infer["flops_per_step"] < 3.5  # forward + backward vs forward
@@ -108,7 +113,7 @@ def test_bench_table_renders_one_row_per_mode(tmp_path, capsys):
     bench_main(["--table", str(out)])
     rows = [line for line in capsys.readouterr().out.splitlines() if "[demo]" in line]
     assert [row.split(" | ")[5] for row in rows] == ["train", "infer"]
-    assert all(len(row.split(" | ")) == 16 for row in rows)
+    assert all(len(row.split(" | ")) == 17 for row in rows)
 
 
 def test_no_save_appends_nothing(tmp_path):
