@@ -1,3 +1,20 @@
 from lit_vit.data.classification import CIFARDataModule, DigitsDataModule, ImageDataModule, ImageFolderDataModule
+from lit_vit.data.image_text import (
+    CocoCaptionsDataModule,
+    ImageTextDataModule,
+    KarpathyDataModule,
+    SceneDataModule,
+    VQAv2DataModule,
+)
 
-__all__ = ["CIFARDataModule", "DigitsDataModule", "ImageDataModule", "ImageFolderDataModule"]
+__all__ = [
+    "CIFARDataModule",
+    "CocoCaptionsDataModule",
+    "DigitsDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "ImageTextDataModule",
+    "KarpathyDataModule",
+    "SceneDataModule",
+    "VQAv2DataModule",
+]

@@ -476,27 +476,32 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors / .bin / .ckpt / .pt file, loaded safely (no code runs); Lightning's state_dict."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors of a .safetensors / .bin / .ckpt / .pt file, loaded safely (no code runs), and the file's other
+    top-level entries (a lit_vit checkpoint carries its vocabulary and answers there)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pretrained weights {path} do not exist; give a .ckpt, .bin or .safetensors file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is not plain tensors
-            raise ConfigError(
-                f"cannot read {path} as a weights-only checkpoint ({err}); use a tensor checkpoint"
-            ) from err
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
+        return load_file(str(path)), {}
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unpickling failure means the file is not plain tensors
+        raise ConfigError(f"cannot read {path} as a weights-only checkpoint ({err}); use a tensor checkpoint") from err
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path} holds no state dict")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    meta = {}
+    if isinstance(raw.get("state_dict"), dict):
+        meta = {k: v for k, v in raw.items() if k != "state_dict"}
+        raw = raw["state_dict"]
+    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}, meta
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (see `read_checkpoint`)."""
+    return read_checkpoint(path)[0]
 
 
 def load_vilt_weights(model: ViLT, sd: dict[str, torch.Tensor], strict_heads: bool = False) -> list[str]:

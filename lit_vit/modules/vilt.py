@@ -1,0 +1,431 @@
+"""ViLT LightningModules: pre-training (ITM + MLM + WPA), retrieval fine-tuning / evaluation, VQA fine-tuning.
+
+The vocabulary comes from the DataModule (a BERT vocab.txt or one trained on the captions) unless the model already
+has one (a pre-trained lit_vit checkpoint, a resumed run); it is saved in every checkpoint, with the VQA answers,
+so `load_from_checkpoint` rebuilds the model alone. The optimiser is the official recipe: AdamW with betas
+(0.9, 0.98), linear warm-up over the first 10% of steps, then linear decay to 0.
+"""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torchmetrics import MeanMetric
+
+from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
+from lit_vit.errors import ConfigError
+from lit_vit.models.vilt import ViLT, load_vilt_weights, read_checkpoint, wpa_distance
+
+
+def warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def retrieval_recall(scores: torch.Tensor, text_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Recall@K of both directions from an (images x texts) score matrix; `text_image[j]` is text j's image.
+
+    image->text: an image is a hit if ANY of its texts is among its top K (hit rate, as in the ViLT / UNITER
+    evaluation); text->image: a text is a hit if its one image is among its top K.
+    """
+    n_img, n_txt = scores.shape
+    images = torch.arange(n_img, device=scores.device)
+    out = {}
+    for k in ks:
+        top_txt = scores.topk(min(k, n_txt), dim=1).indices  # n_img, k
+        out[f"tr_r{k}"] = (text_image[top_txt] == images[:, None]).any(1).float().mean()
+        top_img = scores.t().topk(min(k, n_img), dim=1).indices  # n_txt, k
+        out[f"ir_r{k}"] = (top_img == text_image[:, None]).any(1).float().mean()
+    out["r_mean"] = torch.stack(list(out.values())).mean()
+    return out
+
+
+class ViltModule(L.LightningModule):
+    """Shared glue: vocabulary handling, pre-trained weights, optimiser and schedule.
+
+    Args:
+        model: the ViLT network (class_path / init_args in YAML).
+        pretrained: weights to start from: a lit_vit checkpoint, a HuggingFace ViLT file (.bin / .safetensors) or an
+            original ViLT .ckpt; loaded safely, keys and shapes checked.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (not on biases, norms, position table, class token).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_ratio: fraction of all optimiser steps spent in linear warm-up.
+        head_lr_mult: learning-rate multiplier of the task heads (VQA classifier, rank head; 10 in ViLT).
+    """
+
+    monitor: tuple[str, str] = ("val/loss", "min")
+    eval_protocol = "pairs"
+    task_heads: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: ViLT,
+        pretrained: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        head_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["model"])
+        if not isinstance(model, ViLT):
+            raise ConfigError(f"model must be lit_vit.models.vilt.ViLT, got {type(model).__name__}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.model = model
+        self.vocab: list[str] | None = None
+        self.tokenizer: TextTokenizer | None = None
+        self._pretrained_loaded = False
+
+    # --- vocabulary, weights -------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "set_tokenizer"):
+            raise ConfigError("ViLT modules need an image-text DataModule (e.g. lit_vit.data.SceneDataModule)")
+        if dm.max_text_len > self.model.max_text_len:
+            raise ConfigError(
+                f"data.max_text_len {dm.max_text_len} exceeds the model's max_text_len {self.model.max_text_len}; "
+                "lower the data's or raise the model's"
+            )
+        sd, meta = (None, {})
+        if self.hparams.pretrained and not self._pretrained_loaded:
+            sd, meta = read_checkpoint(self.hparams.pretrained)
+        if self.vocab is None:
+            self.vocab = meta.get("vilt_vocab")
+        if self.vocab is not None:
+            if dm.vocab_file is not None and dm.tokenizer.vocab != self.vocab:
+                raise ConfigError(
+                    f"data.vocab_file {dm.vocab_file} differs from the vocabulary stored with the model; "
+                    "leave vocab_file unset (the model brings its own) or use the model's vocab.txt"
+                )
+            dm.set_tokenizer(TextTokenizer(self.vocab, dm.max_text_len))
+        else:
+            self.vocab = list(dm.tokenizer.vocab)
+        self.tokenizer = dm.tokenizer
+        self.model.resize_vocab(len(self.vocab))
+        self.setup_task(dm)
+        if sd is not None:
+            skipped = load_vilt_weights(self.model, sd)
+            self._pretrained_loaded = True
+            self.after_pretrained(skipped)
+
+    def setup_task(self, dm) -> None:
+        """Task-specific heads from the data (VQA answers)."""
+
+    def after_pretrained(self, skipped_heads: list[str]) -> None:
+        """Initialise heads the pre-trained weights did not have (the retrieval rank head)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vilt_vocab"] = self.vocab
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        vocab = checkpoint.get("vilt_vocab")
+        if vocab is None:
+            raise ConfigError("the checkpoint has no ViLT vocabulary (vilt_vocab); it was not written by a ViLT module")
+        self.vocab = list(vocab)
+        self.model.resize_vocab(len(vocab))
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "set_tokenizer") and dm.tokenizer.vocab != self.vocab:
+            dm.set_tokenizer(TextTokenizer(self.vocab, dm.max_text_len))
+
+    def forward(self, batch: dict[str, torch.Tensor], text_ids: torch.Tensor | None = None) -> dict:
+        ids = batch["text_ids"] if text_ids is None else text_ids
+        return self.model(ids, batch["text_mask"], batch["image"], batch["pixel_mask"])
+
+    # --- optimiser -----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        skip = self.model.no_weight_decay()
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                decay = p.ndim > 1 and name not in skip
+                head = name.split(".")[0] in self.task_heads
+                groups.setdefault((decay, head), []).append(p)
+        params = []
+        for (decay, head), ps in groups.items():
+            lr = hp.lr * (hp.head_lr_mult if head else 1.0)
+            params.append({"params": ps, "weight_decay": hp.weight_decay if decay else 0.0, "lr": lr})
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, eps=hp.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(hp.warmup_ratio * total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class ViltPretraining(ViltModule):
+    """ViLT pre-training: image-text matching with word-patch alignment, and whole-word masked language modelling.
+
+    Every step runs two forward passes, as the official code: masked text with the true image (MLM), and full text
+    with half the images swapped for another image of the batch (ITM; the label is whether the image is the
+    caption's own, WPA pulls matched pairs' word-patch transport distance down and pushes mismatched ones up).
+
+    Args:
+        model: the ViLT network.
+        pretrained: weights to start from (lit_vit, HuggingFace or original ViLT checkpoint).
+        mlm_prob: probability of masking a word (whole-word masking).
+        itm_weight: weight of the ITM loss.
+        mlm_weight: weight of the MLM loss.
+        wpa_weight: weight of the word-patch alignment loss (0.1 in ViLT; 0 disables it).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_ratio: fraction of steps in linear warm-up.
+        head_lr_mult: learning-rate multiplier of the task heads (unused in pre-training).
+    """
+
+    monitor = ("val/loss", "min")
+
+    def __init__(
+        self,
+        model: ViLT,
+        pretrained: str | None = None,
+        mlm_prob: float = 0.15,
+        itm_weight: float = 1.0,
+        mlm_weight: float = 1.0,
+        wpa_weight: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        head_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        if not 0.0 < mlm_prob < 1.0:
+            raise ConfigError(f"mlm_prob must be in (0, 1), got {mlm_prob}")
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_itm_acc", MeanMetric())
+            setattr(self, f"{stage}_mlm_acc", MeanMetric())
+
+    def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        hp, tok = self.hparams, self.tokenizer
+        ids, image, pixel_mask = batch["text_ids"], batch["image"], batch["pixel_mask"]
+        B = ids.shape[0]
+        # MLM: masked text, true image
+        masked, labels = whole_word_mask(ids, batch["word_ids"], tok.mask_id, len(self.vocab), hp.mlm_prob, generator)
+        mlm_logits = self.model.mlm_logits(self(batch, masked))
+        target = labels != -100
+        mlm_loss = F.cross_entropy(mlm_logits[target].float(), labels[target])
+        mlm_correct = (mlm_logits[target].argmax(-1) == labels[target]).float()
+        # ITM: half the pairs get another image of the batch
+        swap = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        swap[torch.randperm(B, generator=generator, device=ids.device)[: B // 2]] = True
+        shift = int(torch.randint(1, max(B, 2), (1,), generator=generator, device=ids.device))
+        source = torch.where(swap, (torch.arange(B, device=ids.device) + shift) % B, torch.arange(B, device=ids.device))
+        itm_labels = (batch["image_index"][source] == batch["image_index"]).long()  # a swap to the same image matches
+        out = self.model(ids, batch["text_mask"], image[source], pixel_mask[source])
+        itm_logits = self.model.itm_logits(out)
+        itm_loss = F.cross_entropy(itm_logits.float(), itm_labels)
+        result = {
+            "mlm_loss": mlm_loss,
+            "itm_loss": itm_loss,
+            "mlm_correct": mlm_correct,
+            "itm_correct": (itm_logits.argmax(-1) == itm_labels).float(),
+        }
+        loss = hp.mlm_weight * mlm_loss + hp.itm_weight * itm_loss
+        if hp.wpa_weight > 0:
+            dist = wpa_distance(out)
+            wpa = (dist[itm_labels == 1].sum() - dist[itm_labels == 0].sum()) / B
+            result["wpa_loss"] = hp.wpa_weight * wpa
+            loss = loss + result["wpa_loss"]
+        result["loss"] = loss
+        return result
+
+    def _log(self, r: dict, stage: str) -> None:
+        on_step = stage == "train"
+        for name in ("loss", "itm_loss", "mlm_loss", "wpa_loss"):
+            if name in r:
+                self.log(f"{stage}/{name}", r[name], on_step=on_step, on_epoch=True, prog_bar=name == "loss")
+        for name in ("itm", "mlm"):
+            metric = getattr(self, f"{stage}_{name}_acc")
+            metric.update(r[f"{name}_correct"])
+            self.log(f"{stage}/{name}_acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        r = self.losses(batch)
+        self._log(r, "train")
+        return r["loss"]
+
+    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
+        # fixed masks and negatives per batch: validation numbers are comparable between epochs and runs
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        self._log(self.losses(batch, generator), stage)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+
+class ViltRetrieval(ViltModule):
+    """Image-text retrieval: fine-tunes the rank head with a softmax over the caption and `num_negatives` captions of
+    other images (for the same image), and evaluates image->text and text->image Recall@1/5/10 by scoring every
+    (image, caption) pair of the evaluation split.
+
+    Args:
+        model: the ViLT network.
+        pretrained: weights to start from (a pre-training checkpoint; the rank head starts from ITM's match row).
+        num_negatives: captions of other images scored against each image in training (15 in ViLT).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_ratio: fraction of steps in linear warm-up.
+        head_lr_mult: learning-rate multiplier of the rank head.
+    """
+
+    monitor = ("val/r_mean", "max")
+    eval_protocol = "retrieval"
+    task_heads = ("rank_head",)
+
+    def __init__(
+        self,
+        model: ViLT,
+        pretrained: str | None = None,
+        num_negatives: int = 15,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        head_lr_mult: float = 1.0,
+    ) -> None:
+        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        if num_negatives < 1:
+            raise ConfigError(f"num_negatives must be at least 1, got {num_negatives}")
+        if self.model.rank_head is None:
+            self.model.add_rank_head()
+        self._scores: list[torch.Tensor] = []
+
+    def after_pretrained(self, skipped_heads: list[str]) -> None:
+        if "rank_head" in skipped_heads:
+            self.model.add_rank_head()  # from the pre-trained ITM head
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        img_idx = batch["image_index"]
+        B, k = img_idx.shape[0], self.hparams.num_negatives
+        other = (img_idx[None, :] != img_idx[:, None]).float()  # text j may be a negative for image i
+        if (other.sum(1) == 0).any():
+            raise ConfigError("a training batch holds captions of a single image; raise data.batch_size")
+        neg = torch.multinomial(other, k, replacement=True)  # B, k
+        texts = torch.cat([torch.arange(B, device=img_idx.device)[:, None], neg], dim=1).flatten()
+        rows = torch.arange(B, device=img_idx.device).repeat_interleave(1 + k)
+        out = self.model(batch["text_ids"][texts], batch["text_mask"][texts], batch["image"][rows],
+                         batch["pixel_mask"][rows])  # fmt: skip
+        scores = self.model.rank_scores(out).float().view(B, 1 + k)
+        loss = F.cross_entropy(scores, torch.zeros(B, dtype=torch.long, device=scores.device))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/rank_acc", (scores.argmax(1) == 0).float().mean(), on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: dict) -> None:
+        scores = self.model.rank_scores(self(batch)).float()
+        self._scores.append(torch.stack([batch["image_index"].float(), batch["index"].float(), scores], dim=1))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _eval_end(self, stage: str) -> None:
+        if not self._scores:
+            return
+        rows = self.all_gather(torch.cat(self._scores)).reshape(-1, 3)
+        self._scores = []
+        grid = self.trainer.datamodule.datasets[f"{stage}_grid"]
+        text_image = grid.text_image.to(rows.device)
+        matrix = torch.full((len(grid.image_indices), len(grid.texts)), float("-inf"), device=rows.device)
+        matrix[rows[:, 0].long(), rows[:, 1].long()] = rows[:, 2]
+        for name, value in retrieval_recall(matrix, text_image).items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("ir_r1", "tr_r1"), rank_zero_only=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+
+class ViltVQA(ViltModule):
+    """Visual question answering as multi-label classification over the answer vocabulary (ViLT's recipe).
+
+    The loss is binary cross-entropy on the soft scores (times the number of answers, as the official code); the
+    metric is the VQA score of the top answer (its soft score: 1 when at least 4 annotators gave it).
+
+    Args:
+        model: the ViLT network (its VQA head is sized from the data's answers).
+        pretrained: weights to start from (a pre-training checkpoint).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_ratio: fraction of steps in linear warm-up.
+        head_lr_mult: learning-rate multiplier of the VQA classifier (10 in ViLT).
+    """
+
+    monitor = ("val/vqa_score", "max")
+    task_heads = ("vqa_head",)
+
+    def __init__(
+        self,
+        model: ViLT,
+        pretrained: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        head_lr_mult: float = 10.0,
+    ) -> None:
+        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        self.answers: list[str] | None = None
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_score", MeanMetric())
+
+    def setup_task(self, dm) -> None:
+        if not dm.answers:
+            raise ConfigError("the data has no answers; use a VQA DataModule (VQAv2DataModule, SceneDataModule vqa)")
+        if self.answers is not None and self.answers != dm.answers:
+            raise ConfigError("the model's answer vocabulary differs from the data's; use the data it was trained on")
+        self.answers = list(dm.answers)
+        if self.model.num_answers != len(self.answers):
+            self.model.reset_vqa_head(len(self.answers))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["vilt_answers"] = self.answers
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.answers = list(checkpoint["vilt_answers"])
+        if self.model.num_answers != len(self.answers):
+            self.model.reset_vqa_head(len(self.answers))
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self.model.vqa_logits(self(batch)).float()
+        targets = batch["targets"]
+        loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+        metric = getattr(self, f"{stage}_score")
+        metric.update(targets.gather(1, logits.argmax(1, keepdim=True))[:, 0])
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/vqa_score", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")

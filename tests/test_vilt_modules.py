@@ -1,0 +1,199 @@
+"""ViLT LightningModules: retrieval metrics by hand, losses decreasing on the embedded scenes, CLI fits of the
+embedded experiments, self-contained checkpoints (vocabulary, answers), fine-tuning from a pre-training run."""
+
+import csv
+
+import pytest
+import torch
+
+from lit_vit.cli import main
+from lit_vit.data import SceneDataModule
+from lit_vit.errors import ConfigError
+from lit_vit.models import ViLT
+from lit_vit.modules import ViltPretraining, ViltRetrieval, ViltVQA
+from lit_vit.modules.vilt import retrieval_recall, warmup_linear
+
+
+def test_retrieval_recall_against_a_hand_computed_example():
+    # 3 images, 5 texts; texts 0, 1 belong to image 0, text 2 to image 1, texts 3, 4 to image 2
+    text_image = torch.tensor([0, 0, 1, 2, 2])
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.8, 0.3, 0.2],  # image 0: best text 1 (its own)           -> hit @1
+            [0.7, 0.2, 0.6, 0.5, 0.1],  # image 1: ranks 0, 2, ...: own text 2nd  -> miss @1, hit @2
+            [0.9, 0.1, 0.2, 0.35, 0.4],  # image 2: ranks 0, 4: own text 4 is 2nd -> miss @1, hit @2
+        ]
+    )
+    r = retrieval_recall(scores, text_image, ks=(1, 2, 5))
+    assert r["tr_r1"].item() == pytest.approx(1 / 3)
+    assert r["tr_r2"].item() == pytest.approx(1.0)
+    # text -> image (columns): t0 ranks images 2, 1, 0 (own 0 third: miss @2); t1 image 0 first (hit); t2 ranks
+    # 0, 1 (own 1 second); t3 ranks 1, 2 (own 2 second); t4 image 2 first (hit)
+    assert r["ir_r1"].item() == pytest.approx(2 / 5)
+    assert r["ir_r2"].item() == pytest.approx(4 / 5)
+    assert r["ir_r5"].item() == 1.0 and r["tr_r5"].item() == 1.0
+    assert r["r_mean"].item() == pytest.approx((1 / 3 + 1 + 1 + 2 / 5 + 4 / 5 + 1) / 6)
+
+
+def test_any_caption_in_top_k_is_a_hit_for_image_to_text():
+    # image 0 has two captions; only one of them in the top 1 is enough (hit rate, not recall)
+    r = retrieval_recall(torch.tensor([[0.9, 0.1, 0.5]]), torch.tensor([0, 0, 0]), ks=(1,))
+    assert r["tr_r1"].item() == 1.0
+
+
+def test_warmup_then_linear_decay_to_zero():
+    assert warmup_linear(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_linear(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_linear(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_linear(100, 10, 100) == 0.0
+
+
+TINY = dict(max_text_len=16, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
+            drop_rate=0.0, max_image_len=12)  # fmt: skip
+
+
+class _Trainer:
+    def __init__(self, dm):
+        self.datamodule = dm
+
+
+def attach(module, dm):
+    module._trainer = _Trainer(dm)
+    module.setup("fit")
+    module._trainer = None
+    return module
+
+
+def fit_one_batch(module, batch, steps: int, lr: float = 2e-3) -> list[dict]:
+    opt = torch.optim.AdamW(module.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        torch.manual_seed(0)  # the same masks and negatives every step: the losses of one fixed problem
+        r = module.losses(batch, torch.Generator().manual_seed(0)) if hasattr(module, "losses") else None
+        if r is None:
+            r = {"loss": module.training_step(batch, 0)}
+        opt.zero_grad()
+        r["loss"].backward()
+        opt.step()
+        history.append({k: float(v.detach().float().mean()) for k, v in r.items()})
+    return history
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    dm = SceneDataModule(num_train=32, num_val=8, batch_size=16)
+    dm.setup("fit")
+    return dm
+
+
+def test_pretraining_losses_decrease(scenes, monkeypatch):
+    torch.manual_seed(0)
+    module = attach(ViltPretraining(ViLT(**TINY), mlm_prob=0.3, wpa_weight=1.0), scenes)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    batch = next(iter(scenes.train_dataloader()))
+    h = fit_one_batch(module, batch, 45, lr=3e-3)
+    for name in ("itm_loss", "mlm_loss", "wpa_loss", "loss"):
+        assert h[-1][name] < h[0][name] - 0.2, (name, h[0][name], h[-1][name])
+
+
+def test_retrieval_and_vqa_losses_decrease(monkeypatch):
+    torch.manual_seed(0)
+    dm = SceneDataModule(num_train=32, num_val=8, batch_size=16)
+    dm.setup("fit")
+    module = attach(ViltRetrieval(ViLT(**TINY), num_negatives=3), dm)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 36, lr=1e-3)
+    assert h[-1]["loss"] < h[0]["loss"] - 0.2
+
+    dm = SceneDataModule(task="vqa", num_train=16, num_val=8, batch_size=16)
+    dm.setup("fit")
+    module = attach(ViltVQA(ViLT(**TINY)), dm)
+    assert module.model.num_answers == len(dm.answers) > 10
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 20)
+    assert h[-1]["loss"] < 0.7 * h[0]["loss"]
+
+
+def test_bad_module_options_fail_early(scenes):
+    with pytest.raises(ConfigError, match="mlm_prob"):
+        ViltPretraining(ViLT(**TINY), mlm_prob=0.0)
+    with pytest.raises(ConfigError, match="max_text_len 16 exceeds the model's max_text_len 8"):
+        attach(ViltPretraining(ViLT(**TINY | {"max_text_len": 8})), scenes)
+    with pytest.raises(ConfigError, match="the data has no answers"):
+        attach(ViltVQA(ViLT(**TINY)), scenes)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------------
+def cli_args(config: str, run_dir, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"--config=experiments/{config}",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--model.model.init_args.embed_dim=32",
+        "--model.model.init_args.depth=1",
+        "--model.model.init_args.num_heads=2",
+        "--data.init_args.num_train=48",
+        "--data.init_args.num_val=8",
+        "--data.init_args.batch_size=16",
+        *extra,
+    ]
+
+
+def metrics(run_dir) -> dict[str, float]:
+    out = {}
+    for row in csv.DictReader(open(run_dir / "metrics.csv")):
+        out |= {k: float(v) for k, v in row.items() if v}
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("vilt") / "pretrain"
+    main(cli_args("vilt_pretrain_embedded.yaml", run_dir))
+    return run_dir
+
+
+def test_cli_fit_pretraining_writes_a_self_contained_checkpoint(pretrain_run):
+    m = metrics(pretrain_run)
+    for name in ("val/itm_acc", "val/mlm_acc", "val/itm_loss", "val/mlm_loss", "val/wpa_loss", "train/loss_step"):
+        assert name in m
+    assert (pretrain_run / "vocab.txt").is_file() and (pretrain_run / "checkpoints" / "best.ckpt").is_file()
+    module = ViltPretraining.load_from_checkpoint(pretrain_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert module.vocab == (pretrain_run / "vocab.txt").read_text().splitlines()
+    assert module.model.vocab_size == len(module.vocab) and module.model.embed_dim == 32
+
+
+def test_cli_fit_retrieval_from_the_pretraining_run(pretrain_run, tmp_path):
+    run_dir = tmp_path / "retrieval"
+    main(cli_args("vilt_retrieval_embedded.yaml", run_dir, f"--model.pretrained={pretrain_run}/checkpoints/last.ckpt",
+                  "--data.init_args.eval_batch_size=32"))  # fmt: skip
+    m = metrics(run_dir)
+    for name in ("val/tr_r1", "val/tr_r5", "val/tr_r10", "val/ir_r1", "val/ir_r5", "val/ir_r10", "val/r_mean"):
+        assert 0.0 <= m[name] <= 1.0
+    assert m["val/ir_r10"] >= m["val/ir_r1"]
+    pre = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)
+    ft = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ft["vilt_vocab"] == pre["vilt_vocab"]  # the data used the pre-trained vocabulary
+
+
+def test_cli_fit_vqa(tmp_path):
+    run_dir = tmp_path / "vqa"
+    main(cli_args("vilt_vqa_embedded.yaml", run_dir))
+    assert 0.0 <= metrics(run_dir)["val/vqa_score"] <= 1.0
+    module = ViltVQA.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert module.model.num_answers == len(module.answers) and "yes" in module.answers
+
+
+def test_cli_reports_a_wrong_pretrained_layout(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"conv1.weight": torch.zeros(2)}, bad)
+    with pytest.raises(SystemExit) as err:
+        main(cli_args("vilt_vqa_embedded.yaml", tmp_path / "run", f"--model.pretrained={bad}"))
+    assert err.value.code == 2
+    assert "cannot recognise the checkpoint layout" in capsys.readouterr().err
