@@ -257,3 +257,10 @@ def test_wpa_distance_is_float32_and_smaller_for_aligned_features():
     d_same, d_other = wpa_distance(same), wpa_distance(other)
     assert d_same.dtype == torch.float32
     assert d_same.item() < 0.5 * d_other.item()
+
+
+def test_vilt_b32_has_the_parameter_count_of_transformers_vilt_model():
+    ours = ViLT(variant="B")
+    ref = transformers.ViltModel(transformers.ViltConfig())
+    backbone = sum(p.numel() for n, p in ours.named_parameters() if not n.startswith(("itm_head", "mlm_head")))
+    assert backbone == sum(p.numel() for p in ref.parameters()) == 111_595_008
