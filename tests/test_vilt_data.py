@@ -289,3 +289,11 @@ def test_bad_options_fail_early():
         SceneDataModule(task="nlvr2")
     with pytest.raises(ConfigError, match="not a multiple of patch_size"):
         SceneDataModule(image_size=30, patch_size=8)
+
+
+def test_scene_questions_have_one_answer_with_full_score():
+    dm = SceneDataModule(task="vqa", num_train=8, num_val=4, batch_size=8)
+    dm.setup("fit")
+    targets = next(iter(dm.train_dataloader()))["targets"]
+    assert targets.shape == (8, len(dm.answers)) and {"yes", "no", "red", "circle"} <= set(dm.answers)
+    assert torch.equal(targets.max(1).values, torch.ones(8)) and torch.equal(targets.sum(1), torch.ones(8))

@@ -562,7 +562,8 @@ class SceneDataModule(ImageTextDataModule):
     def records(self, split: str):
         scenes = Scenes(self.sizes[split], self.SPLIT_SEEDS[split])
         if self.task == "vqa":
-            return scenes, [(i, q, [a]) for i in range(len(scenes)) for q, a in scenes.questions(i)]
+            # ten agreeing "annotators", as in VQAv2: the true answer scores 1.0
+            return scenes, [(i, q, [a] * 10) for i in range(len(scenes)) for q, a in scenes.questions(i)]
         return scenes, list(range(len(scenes))), [scenes.captions(i) for i in range(len(scenes))]
 
 
