@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -89,6 +90,13 @@ class LitViTCLI(LightningCLI):
             "--predict_output", type=str | None, default=None, help="predict CSV (default <run dir>/predictions.csv)"
         )
         parser.add_argument(
+            "--num_threads",
+            type=int | None,
+            default=None,
+            help="torch intra-op CPU threads (torch.set_num_threads); 1 is fastest for tiny models on a small or busy "
+            "CPU (default: PyTorch's choice, one per core)",
+        )
+        parser.add_argument(
             "--ablation",
             type=Ablation | None,
             default=None,
@@ -115,6 +123,8 @@ class LitViTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        if cfg.get("num_threads"):
+            torch.set_num_threads(cfg.num_threads)
         if self.subcommand != "fit" and cfg.get("ablation") is not None:
             raise ConfigError(
                 f"{self.subcommand} does not run ablation sweeps; give the config of one run instead: "
