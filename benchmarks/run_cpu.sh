@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The CPU rows of BENCHMARKS.md: lit_vit against timm (fp32, 2 threads), the data pipeline, fused / unfused AdamW.
+# The CPU rows of BENCHMARKS.md: lit_vit against timm (fp32, 2 threads), the data pipeline, fused / foreach AdamW.
 # Run from the repository root with the virtual environment active; each command appends to benchmarks/results.jsonl.
 set -euo pipefail
-export NO_ALBUMENTATIONS_UPDATE=1
+export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 B="python -m lit_vit bench --threads 2"
 # tiny CIFAR-style ViT: ViT-Ti dims at 32x32, patch 4 (65 tokens), 10 classes
-$B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 64 --warmup 3 --repeats 15
+$B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 32 --warmup 3 --repeats 15
 # ViT-Ti/16 at 224, 1000 classes
-$B --variant Ti --img-size 224 --patch-size 16 --batch-size 16 --warmup 2 --repeats 12
+$B --variant Ti --img-size 224 --patch-size 16 --batch-size 8 --warmup 2 --repeats 11
 # the quickstart model with its data pipeline (embedded digits, 0-2 workers)
-$B --config experiments/quickstart.yaml --batch-size 32 --warmup 3 --repeats 15 --mode train infer data --workers 0 1 2
-# the data pipeline alone on JPEGs: ImageFolderDataModule (decode + RandomResizedCrop 224 + flip) over 512 JPEGs
-$B --config benchmarks/imagefolder_224.yaml --mode data --jpeg-tree 512 --jpeg-size 320 --workers 0 1 2 \
-  --data-batch-size 32 --data-batches 10
+$B --config experiments/quickstart.yaml --batch-size 32 --warmup 2 --repeats 9 --mode train infer data --workers 0 1 2
+# the data pipeline alone on JPEGs: ImageFolderDataModule (decode + RandomResizedCrop 224 + flip) over 256 JPEGs
+$B --config benchmarks/imagefolder_224.yaml --mode data --jpeg-tree 256 --jpeg-size 320 --workers 0 1 2 \
+  --data-batch-size 32 --data-batches 6
 # fused vs foreach AdamW (same model as the first row)
-$B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 64 --warmup 3 --repeats 15 --mode train \
+$B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 32 --warmup 3 --repeats 15 --mode train \
   --no-fused --label "foreach AdamW"
