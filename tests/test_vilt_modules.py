@@ -177,6 +177,10 @@ def test_cli_fit_retrieval_from_the_pretraining_run(pretrain_run, tmp_path):
     for name in ("val/tr_r1", "val/tr_r5", "val/tr_r10", "val/ir_r1", "val/ir_r5", "val/ir_r10", "val/r_mean"):
         assert 0.0 <= m[name] <= 1.0
     assert m["val/ir_r10"] >= m["val/ir_r1"]
+    main(["test", f"--config={run_dir}/config.yaml", "--ckpt_path=best", "--data.init_args.num_test=6",
+          "--trainer.limit_test_batches=null"])  # fmt: skip
+    m = metrics(run_dir)
+    assert 0.0 <= m["test/tr_r1"] <= m["test/tr_r10"] <= 1.0  # the whole 6 x 12 test grid was scored
     pre = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)
     ft = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ft["vilt_vocab"] == pre["vilt_vocab"]  # the data used the pre-trained vocabulary
