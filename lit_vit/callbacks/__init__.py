@@ -1,12 +1,14 @@
 from lit_vit.callbacks.artifacts import TrainSpeed, ViTArtifacts
 from lit_vit.callbacks.predict import PredictionCSVWriter
 from lit_vit.callbacks.run import AtomicModelCheckpoint, LastCheckpoint, RunLogger
+from lit_vit.callbacks.throughput import ThroughputLogger
 
 __all__ = [
     "AtomicModelCheckpoint",
     "LastCheckpoint",
     "PredictionCSVWriter",
     "RunLogger",
+    "ThroughputLogger",
     "TrainSpeed",
     "ViTArtifacts",
 ]
