@@ -16,3 +16,7 @@ $B --config benchmarks/imagefolder_224.yaml --mode data --jpeg-tree 256 --jpeg-s
 # fused vs foreach AdamW (same model as the first row)
 $B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 32 --warmup 3 --repeats 15 --mode train \
   --no-fused --label "foreach AdamW"
+# many short repeats (the paired ratio then has a tighter spread on a noisy machine)
+$B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 8 --warmup 3 --repeats 41
+# torch.compile of both models (the quickstart ViT; compilation happens in the warm-up)
+$B --config experiments/quickstart.yaml --batch-size 32 --warmup 2 --repeats 9 --compile

@@ -1,6 +1,7 @@
 """Fast paths give the reference results: fused attention, compiled backbone, learned_1d table, no host syncs."""
 
 import collections
+import csv
 import importlib.util
 import math
 import shutil
@@ -10,10 +11,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_fit_args
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lit_vit.callbacks.throughput import ThroughputLogger
+from lit_vit.callbacks import ThroughputLogger
+from lit_vit.cli import main as cli_main
 from lit_vit.data import DigitsDataModule
 from lit_vit.models import VisionTransformer
 from lit_vit.models.layers.attention import Attention
@@ -305,7 +308,6 @@ def test_throughput_logger_logs_samples_per_s_and_mfu_with_a_given_peak(tmp_path
     model = ImageClassifier(tiny_vit())
     trainer.fit(model, DigitsDataModule(batch_size=8))
     assert callback.flops_per_sample == count_flops(model.backbone, torch.randn(1, 1, 16, 16), train=True)
-    import csv
 
     rows = [r for r in csv.DictReader((tmp_path / "metrics.csv").open()) if r.get("throughput/samples_per_s")]
     assert [int(r["step"]) for r in rows] == [1, 3]
@@ -314,3 +316,13 @@ def test_throughput_logger_logs_samples_per_s_and_mfu_with_a_given_peak(tmp_path
         assert sps > 0
         assert tflops == pytest.approx(sps * callback.flops_per_sample / 1e12)
         assert mfu == pytest.approx(tflops / 1.0)
+
+
+def test_throughput_logger_from_the_cli_writes_throughput_columns(run_dir):
+    args = tiny_fit_args(
+        run_dir, "--trainer.log_every_n_steps=2", "--trainer.callbacks+=lit_vit.callbacks.ThroughputLogger"
+    )
+    cli_main([*args, "--trainer.callbacks.peak_tflops=0.25"])
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("throughput/samples_per_s")]
+    assert len(rows) == 2  # 4 steps, logged every 2
+    assert all(float(r["throughput/samples_per_s"]) > 0 and float(r["throughput/mfu"]) > 0 for r in rows)
