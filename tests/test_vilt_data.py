@@ -22,6 +22,15 @@ from lit_vit.data.tokenizer import SPECIAL_TOKENS, TextTokenizer, whole_word_mas
 from lit_vit.errors import ConfigError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two competing for a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_vilt_resize_rule():
     assert vilt_resize_shape(480, 640, 384, 640, 32) == (384, 512)  # shorter side to 384
     assert vilt_resize_shape(300, 1200, 384, 640, 32) == (160, 640)  # longer side capped at 640, floored to 32

@@ -14,6 +14,15 @@ from lit_vit.modules import ViltPretraining, ViltRetrieval, ViltVQA
 from lit_vit.modules.vilt import retrieval_recall, warmup_linear
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two competing for a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_retrieval_recall_against_a_hand_computed_example():
     # 3 images, 5 texts; texts 0, 1 belong to image 0, text 2 to image 1, texts 3, 4 to image 2
     text_image = torch.tensor([0, 0, 1, 2, 2])
@@ -102,8 +111,8 @@ def test_retrieval_and_vqa_losses_decrease(monkeypatch):
     dm.setup("fit")
     module = attach(ViltRetrieval(ViLT(**TINY), num_negatives=3), dm)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 36, lr=1e-3)
-    assert h[-1]["loss"] < h[0]["loss"] - 0.2
+    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 60, lr=1e-3)
+    assert h[-1]["loss"] < h[0]["loss"] - 0.3
 
     dm = SceneDataModule(task="vqa", num_train=16, num_val=8, batch_size=16)
     dm.setup("fit")
