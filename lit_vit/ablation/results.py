@@ -129,7 +129,8 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         for key in RESULT_COLUMNS[1:]:
             value = _float(row.get(key))
-            row[key] = int(value) if key in ("seed", "best_epoch", "epochs", "steps", "params") and value else value
+            is_int = key in ("seed", "best_epoch", "epochs", "steps", "params") and value is not None
+            row[key] = int(value) if is_int else value
     return rows
 
 
