@@ -13,7 +13,7 @@ from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import Block, Mlp, build_pos_embed, to_2tuple
-from lit_vit.models.vit import init_weights
+from lit_vit.models.vit import init_weights, linear_head
 
 # The paper's Table 2 models; `_t` variants use the token transformer in the T2T module, the others the performer.
 T2T_VARIANTS: dict[str, dict] = {
@@ -287,11 +287,7 @@ class T2TViT(nn.Module):
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         """Replace the head (fine-tuning); zero_init gives a zero-initialised head."""
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights(self.head)
-            if zero_init:
-                nn.init.zeros_(self.head.weight)
+        self.head = linear_head(self.embed_dim, num_classes, zero_init)
 
     def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
         """Resample the position embedding to the token grid of a new training image size."""

@@ -27,6 +27,17 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def linear_head(dim: int, num_classes: int, zero_init: bool = False) -> nn.Module:
+    """A new classification head (identity for num_classes 0); zero_init gives the paper's fine-tuning head."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(dim, num_classes)
+    init_weights(head)
+    if zero_init:
+        nn.init.zeros_(head.weight)
+    return head
+
+
 class VisionTransformer(nn.Module):
     """ViT: patch embedding, optional class token, position embedding, pre-LN blocks, final norm, pooling, head.
 
@@ -122,11 +133,7 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         """Replace the head (fine-tuning); zero_init gives the paper's zero-initialised head."""
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights(self.head)
-            if zero_init:
-                nn.init.zeros_(self.head.weight)
+        self.head = linear_head(self.embed_dim, num_classes, zero_init)
 
     def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
         """Resample position embeddings to the patch grid of a new training image size."""
