@@ -6,6 +6,7 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 
 import importlib
 import os
+import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
@@ -177,6 +179,15 @@ def main(args: list[str] | None = None) -> None:
             getattr(importlib.import_module(module), func)(argv[1:])
         else:
             LitViTCLI(args=args)
+    except SIGTERMException:
+        # Lightning ends a fit stopped by SIGTERM with SystemExit(None), i.e. exit status 0, so a scheduler or a
+        # `fit && test` script would take the run for finished. last.ckpt was written (LastCheckpoint.on_exception).
+        print(
+            "interrupted by SIGTERM: last.ckpt is saved; run the same command with --ckpt_path last to resume "
+            "(an ablation sweep resumes with the same command)",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)  # what a shell reports for a process ended by SIGTERM
     except (ConfigError, ValueError) as err:
         config_error = _config_error(err)
         if config_error is None:

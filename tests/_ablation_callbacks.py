@@ -1,6 +1,7 @@
 """Callbacks the ablation tests inject through trainer.callbacks (importable: pytest puts tests/ on sys.path)."""
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -30,3 +31,14 @@ class RecordSteps(Callback):
         parts = Path(trainer.default_root_dir).parts
         with open(self.path, "a") as f:
             f.write(json.dumps({"run": "/".join(parts[-2:]), "step": trainer.global_step}) + "\n")
+
+
+class SlowSteps(Callback):
+    """Sleeps after every training batch of the run whose folder ends with `run` (time to signal a live sweep)."""
+
+    def __init__(self, run: str, seconds: float) -> None:
+        self.run, self.seconds = run, seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if Path(trainer.default_root_dir).as_posix().endswith(self.run):
+            time.sleep(self.seconds)

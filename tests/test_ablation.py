@@ -3,6 +3,10 @@
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,6 +110,50 @@ def test_crashed_sweep_resumes_the_interrupted_run_and_never_retrains_the_finish
     with open(root / "learned_1d" / "seed=0" / "metrics.csv") as f:
         val_epochs = [row["epoch"] for row in csv.DictReader(f) if row.get("val/acc1")]
     assert val_epochs == ["0", "1"]  # one validation per epoch: no duplicated rows after the resume
+
+
+def test_a_sweep_killed_with_sigterm_keeps_finished_runs_and_resumes_the_live_one(tmp_path):
+    """A scheduler's SIGTERM in the middle of the second run: the sweep stops there (it does not start the next run),
+    the live run leaves last.ckpt, and the same command finishes the sweep without retraining the first run."""
+    root, steps = tmp_path / "out", tmp_path / "steps.jsonl"
+    variants = [
+        {"name": "none", "overrides": {POS: "none"}},
+        {"name": "learned_1d", "overrides": {POS: "learned_1d", "trainer.limit_train_batches": 40}},
+    ]
+    callbacks = [
+        {"class_path": "_ablation_callbacks.RecordSteps", "init_args": {"path": str(steps)}},
+        {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "learned_1d/seed=0", "seconds": 0.05}},
+    ]
+    config = sweep_config(root, variants, seeds=(0, 1), callbacks=callbacks)
+    config["checkpoint_every_n_steps"] = 1000  # the live run's last.ckpt can only come from the SIGTERM save
+    path = write_config(tmp_path / "ablation.yaml", config)
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "lit_vit", "fit", "--config", path]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sum(s["run"] == "learned_1d/seed=0" for s in read_steps(steps)) < 3:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]  # not 0: the sweep did not finish
+    assert "learned_1d seed=0 stopped by SIGTERM" in err and "--ckpt_path last" in err
+    live = root / "learned_1d" / "seed=0"
+    killed = torch.load(live / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert 3 <= killed < 80
+    assert (root / "none" / "seed=0" / "done.json").is_file() and not (live / "done.json").exists()
+    assert not (root / "none" / "seed=1").exists()  # the sweep stopped at the killed run
+    before = mtimes(root)
+    os.remove(steps)
+    main(["fit", "--config", path])
+    rerun = read_steps(steps)
+    assert [s["step"] for s in rerun if s["run"] == "learned_1d/seed=0"] == list(range(killed, 80))
+    assert not [s for s in rerun if s["run"] == "none/seed=0"]
+    assert mtimes(root)["none/seed=0/done.json"] == before["none/seed=0/done.json"]
+    with open(root / "results.csv") as f:
+        rows = [(r["variant"], r["seed"], r["steps"]) for r in csv.DictReader(f)]
+    assert sorted(rows) == sorted([("none", "0", "4"), ("none", "1", "4"), ("learned_1d", "0", "80"),
+                                   ("learned_1d", "1", "80")])  # fmt: skip
 
 
 def test_sweep_writes_every_run_as_an_ordinary_run_with_its_overrides_and_seed(sweep):
@@ -220,6 +268,21 @@ def test_bad_variant_is_an_error_before_any_run_starts(tmp_path, capsys, variant
     err = capsys.readouterr().err
     assert pytest.importorskip("re").search(message, err.replace("\n", " ")), err
     assert not (tmp_path / "out" / "ok").exists()
+
+
+def test_missing_data_is_an_error_before_any_run_starts(tmp_path, capsys):
+    config = sweep_config(tmp_path / "out", seeds=[0])
+    config["data"] = {
+        "class_path": "lit_vit.data.CIFARDataModule",
+        "init_args": {"root": str(tmp_path / "data"), "download": False},
+    }
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", write_config(tmp_path / "a.yaml", config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "variant 'none'" in err and "cifar10 not found: missing data_batch_1" in err, err
+    assert "--data.init_args.root" in err
+    assert not list((tmp_path / "out").glob("*/seed=*"))
 
 
 def test_ablation_is_an_option_of_fit_and_shows_in_print_config(tmp_path, capsys):

@@ -196,7 +196,9 @@ def test_a_run_killed_with_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]  # Lightning alone would exit 0: "finished"
+    assert "interrupted by SIGTERM: last.ckpt is saved" in err
     killed = ckpt(run_dir / "checkpoints" / "last.ckpt")
     steps_done = killed["global_step"]
     assert 5 <= steps_done < 78  # mid-epoch (78 batches of 16 per epoch): saved on SIGTERM, not by the periodic save

@@ -1,15 +1,18 @@
 """Position embeddings and pooling of the ViT: every kind trains and resizes; the 2-D and relative kinds are what the
 paper describes; bad names fail early."""
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lit_vit.data import DigitsDataModule
 from lit_vit.errors import ConfigError
 from lit_vit.models import VisionTransformer
 from lit_vit.models.layers import POS_EMBED_KINDS, build_pos_embed
 from lit_vit.models.layers.attention import Attention
 from lit_vit.models.layers.pos_embed import sincos_2d_table
+from lit_vit.modules import ImageClassifier
 
 POOLS = [("cls", True), ("gap", True), ("gap", False), ("map", True)]
 
@@ -162,3 +165,38 @@ def test_sincos_2d_with_width_not_divisible_by_4_is_a_clear_error():
 def test_unknown_names_and_cls_without_class_token_are_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         tiny_vit(**kwargs)
+
+
+@pytest.mark.parametrize("head_lr", [None, 1e-2])
+@pytest.mark.parametrize("kind", ["learned_2d", "relative"])
+def test_pos_embed_lr_trains_the_position_parameters_at_their_own_rate(kind, head_lr):
+    """With lr 0, only the position parameters (and the head, given head_lr) move; their groups carry the own lr."""
+    torch.manual_seed(0)
+    backbone = VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2, num_heads=2, pos_embed=kind
+    )
+    before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    model = ImageClassifier(backbone, lr=0.0, pos_embed_lr=1e-2, head_lr=head_lr, weight_decay=0.05)
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=0, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, DigitsDataModule(batch_size=8))
+    changed = {n for n, p in backbone.named_parameters() if not torch.equal(p, before[n])}
+    pos = {n for n, _ in backbone.named_parameters() if n.startswith("pos_embed.")}
+    assert pos and changed == pos | ({"head.weight", "head.bias"} if head_lr else set())
+    groups = trainer.optimizers[0].param_groups
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    for p in backbone.pos_embed.parameters():
+        assert by_param[id(p)]["initial_lr"] == 1e-2 and by_param[id(p)]["weight_decay"] == 0.0
+    assert by_param[id(backbone.blocks[0].attn.qkv.weight)]["initial_lr"] == 0.0
+    assert by_param[id(backbone.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.05
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in backbone.parameters() if p.requires_grad)
+
+
+def test_pos_embed_lr_needs_a_backbone_with_position_embeddings():
+    class Bare(torch.nn.Module):
+        def reset_classifier(self, num_classes: int) -> None: ...
+
+    with pytest.raises(ConfigError, match="pos_embed_lr needs a backbone with a `pos_embed` module; Bare has none"):
+        ImageClassifier(Bare(), pos_embed_lr=1e-2)

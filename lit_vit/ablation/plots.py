@@ -128,7 +128,7 @@ def plot_distance(sweep_dir: Path, rows: list[dict]) -> Path | None:
     fig, axes = plt.subplots(1, len(found), figsize=(3 * len(found), 3), squeeze=False, sharey=True)
     for ax, (variant, data) in zip(axes[0], found.items()):
         draw_distance(ax, data["distance"], variant, max_distance=top)
-    fig.suptitle("mean attention distance per head (dots) against depth", fontsize=10)
+    fig.suptitle("mean attention distance per head (dots) against depth", fontsize=10, y=1.04)  # above the titles
     return _save(fig, sweep_dir / "attention_distance.png")
 
 

@@ -5,8 +5,9 @@
 1. writes the resolved config to `<sweep dir>/sweep.yaml` and builds each run's command line from it: the
    variant's overrides, `--seed_everything <n>` (and `--data.init_args.seed <n>` when the data module has a seed),
    `--trainer.default_root_dir <sweep dir>/<variant>/seed=<n>`;
-2. validates every run before the first one starts: unknown override keys, values the parser rejects and models
-   that cannot be built (e.g. sincos_2d with a width not divisible by 4) are ConfigErrors naming the variant;
+2. validates every run before the first one starts: unknown override keys, values the parser rejects, models
+   that cannot be built (e.g. sincos_2d with a width not divisible by 4) and missing data (each variant's data
+   module runs prepare_data and reads its class list, on local rank 0) are ConfigErrors naming the variant;
 3. runs them one after the other in this process: a run with `done.json` is skipped, a run with
    `checkpoints/last.ckpt` resumes from it (`--ckpt_path last`), any other starts from scratch; after fit, the
    results row is written to `done.json` and `results.csv` is refreshed;
@@ -14,6 +15,7 @@
 """
 
 import difflib
+import os
 import shutil
 import sys
 import time
@@ -25,6 +27,7 @@ from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
@@ -124,7 +127,8 @@ def plan_runs(cli, ablation: Ablation, sweep_dir: Path, base_cfg) -> list[Run]:
 
 
 def validate_runs(cli, runs: list[Run], base_cfg) -> None:
-    """Parse every run's arguments and build each variant's model and data module once; nothing is trained."""
+    """Parse every run's arguments, build each variant's model and data module once and check that its data is
+    there (prepare_data may download or extract it, as Lightning would at the start of the run); nothing is trained."""
     fit_parser = cli._subcommand_parsers["fit"]
     built: set[str] = set()
     for run in runs:
@@ -141,7 +145,10 @@ def validate_runs(cli, runs: list[Run], base_cfg) -> None:
         if run.variant.name in built:
             continue
         try:
-            fit_parser.instantiate_classes(cfg.fit)
+            data = fit_parser.instantiate_classes(cfg.fit).data
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one process per machine touches the files
+                data.prepare_data()
+                getattr(data, "class_names", None)  # image folders: the train split and its class folders exist
         except ValueError as err:  # a ConfigError, or jsonargparse's ValueError around one raised by a constructor
             cause = err
             while cause is not None and not isinstance(cause, ConfigError):
@@ -189,7 +196,11 @@ def run_sweep(cli) -> None:
             f"[bold cyan]run {i}/{len(runs)}[/] {run.label} "
             f"({'resuming from last.ckpt' if state == 'resume' else 'new'}; {elapsed / 60:.1f} min elapsed{eta})"
         )
-        train_run(cli, run, state)
+        try:
+            train_run(cli, run, state)
+        except SIGTERMException:
+            console.print(f"[bold red]run {i}/{len(runs)} {run.label} stopped by SIGTERM[/]; the sweep stops here")
+            raise
         trained += 1
         write_results(sweep_dir, collect(sweep_dir, order))
 

@@ -30,6 +30,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def split_by_lr(groups: list[dict], own_lr: dict[int, float]) -> list[dict]:
+    """Split each optimiser group so that parameters with their own peak lr (own_lr[id(p)]) get groups of their own."""
+    out = []
+    for g in groups:
+        lrs = dict.fromkeys(own_lr.get(id(p)) for p in g["params"])  # None = the optimiser's lr; order kept
+        for lr in lrs:
+            params = [p for p in g["params"] if own_lr.get(id(p)) == lr]
+            out.append({**g, "params": params, **({} if lr is None else {"lr": lr})})
+    return out
+
+
 class ImageClassifier(L.LightningModule):
     """Image classification with an injected backbone (ViT, T2T-ViT, ...).
 
@@ -55,6 +66,8 @@ class ImageClassifier(L.LightningModule):
         momentum: SGD momentum.
         head_lr: peak learning rate of the head (`backbone.head`) when it differs from lr (fine-tuning a pre-trained
             backbone with a fresh head); follows the same warm-up and cosine schedule.
+        pos_embed_lr: peak learning rate of the learned position parameters (`backbone.pos_embed`: absolute tables or
+            the relative bias table) when it differs from lr; same schedule.
     """
 
     def __init__(
@@ -74,6 +87,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: str = "adamw",
         momentum: float = 0.9,
         head_lr: float | None = None,
+        pos_embed_lr: float | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
@@ -85,6 +99,10 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
         if head_lr is not None and not isinstance(getattr(backbone, "head", None), nn.Module):
             raise ConfigError(f"head_lr needs a backbone with a `head` module; {type(backbone).__name__} has none")
+        if pos_embed_lr is not None and not isinstance(getattr(backbone, "pos_embed", None), nn.Module):
+            raise ConfigError(
+                f"pos_embed_lr needs a backbone with a `pos_embed` module; {type(backbone).__name__} has none"
+            )
         self.backbone = backbone
         if compile:
             self.backbone.compile()  # compiles __call__ in place: no `_orig_mod.` wrapper in the state dict
@@ -181,18 +199,12 @@ class ImageClassifier(L.LightningModule):
         hp = self.hparams
         fused = self.device.type in ("cuda", "cpu")  # one kernel for all parameters (on CPU ~5x faster than foreach)
         groups = param_groups(self.backbone, hp.weight_decay)
-        if hp.get("head_lr") is not None:  # split each group into body and head; the head gets its own peak lr
-            head = {id(p) for p in self.backbone.head.parameters()}
-            groups = [
-                {
-                    **g,
-                    "params": [p for p in g["params"] if (id(p) in head) == is_head],
-                    **({"lr": hp.head_lr} if is_head else {}),
-                }
-                for g in groups
-                for is_head in (False, True)
-            ]
-            groups = [g for g in groups if g["params"]]
+        own_lr = {}  # id(parameter) -> its peak lr, where it differs from hp.lr
+        if hp.get("head_lr") is not None:
+            own_lr.update({id(p): hp.head_lr for p in self.backbone.head.parameters()})
+        if hp.get("pos_embed_lr") is not None:
+            own_lr.update({id(p): hp.pos_embed_lr for p in self.backbone.pos_embed.parameters()})
+        groups = split_by_lr(groups, own_lr)
         if hp.get("optimizer", "adamw") == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
         else:
