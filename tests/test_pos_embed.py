@@ -200,3 +200,10 @@ def test_pos_embed_lr_needs_a_backbone_with_position_embeddings():
 
     with pytest.raises(ConfigError, match="pos_embed_lr needs a backbone with a `pos_embed` module; Bare has none"):
         ImageClassifier(Bare(), pos_embed_lr=1e-2)
+
+
+@pytest.mark.parametrize("name", ["lr", "head_lr", "pos_embed_lr"])
+def test_a_negative_learning_rate_is_a_clear_error(name):
+    message = rf"{name} must be a learning rate >= 0, got -0.01; e.g. --model.init_args.{name}=1e-3"
+    with pytest.raises(ConfigError, match=message):
+        ImageClassifier(tiny_vit(), **{name: -0.01})

@@ -95,6 +95,11 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["backbone"])
         if not hasattr(backbone, "reset_classifier"):
             raise ConfigError(f"backbone {type(backbone).__name__} has no reset_classifier(num_classes) method")
+        for name, value in (("lr", lr), ("head_lr", head_lr), ("pos_embed_lr", pos_embed_lr)):
+            if value is not None and not value >= 0:
+                raise ConfigError(
+                    f"{name} must be a learning rate >= 0, got {value}; e.g. --model.init_args.{name}=1e-3"
+                )
         if optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
         if head_lr is not None and not isinstance(getattr(backbone, "head", None), nn.Module):
