@@ -15,8 +15,9 @@ import yaml
 from conftest import TINY_VIT
 
 from lit_vit.ablation.plots import plot_sweep
-from lit_vit.callbacks.artifacts import attention_rollout, mean_attention_distance
+from lit_vit.callbacks.artifacts import attention_rollout, mean_attention_distance, relative_bias_maps
 from lit_vit.cli import main
+from lit_vit.models import VisionTransformer
 
 POS = "model.init_args.backbone.init_args.pos_embed"
 PLOTS = ["accuracy.png", "curves.png", "pos_embed_similarity.png", "attention_distance.png", "attention_rollout.png"]
@@ -118,11 +119,11 @@ def test_a_sweep_killed_with_sigterm_keeps_finished_runs_and_resumes_the_live_on
     root, steps = tmp_path / "out", tmp_path / "steps.jsonl"
     variants = [
         {"name": "none", "overrides": {POS: "none"}},
-        {"name": "learned_1d", "overrides": {POS: "learned_1d", "trainer.limit_train_batches": 40}},
+        {"name": "relative", "overrides": {POS: "relative", "trainer.limit_train_batches": 40}},
     ]
     callbacks = [
         {"class_path": "_ablation_callbacks.RecordSteps", "init_args": {"path": str(steps)}},
-        {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "learned_1d/seed=0", "seconds": 0.05}},
+        {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "relative/seed=0", "seconds": 0.05}},
     ]
     config = sweep_config(root, variants, seeds=(0, 1), callbacks=callbacks)
     config["checkpoint_every_n_steps"] = 1000  # the live run's last.ckpt can only come from the SIGTERM save
@@ -131,14 +132,14 @@ def test_a_sweep_killed_with_sigterm_keeps_finished_runs_and_resumes_the_live_on
     cmd = [sys.executable, "-m", "lit_vit", "fit", "--config", path]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and sum(s["run"] == "learned_1d/seed=0" for s in read_steps(steps)) < 3:
+    while time.monotonic() < deadline and sum(s["run"] == "relative/seed=0" for s in read_steps(steps)) < 3:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]  # not 0: the sweep did not finish
-    assert "learned_1d seed=0 stopped by SIGTERM" in err and "--ckpt_path last" in err
-    live = root / "learned_1d" / "seed=0"
+    assert "relative seed=0 stopped by SIGTERM" in err and "--ckpt_path last" in err
+    live = root / "relative" / "seed=0"
     killed = torch.load(live / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert 3 <= killed < 80
     assert (root / "none" / "seed=0" / "done.json").is_file() and not (live / "done.json").exists()
@@ -147,13 +148,16 @@ def test_a_sweep_killed_with_sigterm_keeps_finished_runs_and_resumes_the_live_on
     os.remove(steps)
     main(["fit", "--config", path])
     rerun = read_steps(steps)
-    assert [s["step"] for s in rerun if s["run"] == "learned_1d/seed=0"] == list(range(killed, 80))
+    assert [s["step"] for s in rerun if s["run"] == "relative/seed=0"] == list(range(killed, 80))
     assert not [s for s in rerun if s["run"] == "none/seed=0"]
     assert mtimes(root)["none/seed=0/done.json"] == before["none/seed=0/done.json"]
     with open(root / "results.csv") as f:
         rows = [(r["variant"], r["seed"], r["steps"]) for r in csv.DictReader(f)]
-    assert sorted(rows) == sorted([("none", "0", "4"), ("none", "1", "4"), ("learned_1d", "0", "80"),
-                                   ("learned_1d", "1", "80")])  # fmt: skip
+    assert sorted(rows) == sorted([("none", "0", "4"), ("none", "1", "4"), ("relative", "0", "80"),
+                                   ("relative", "1", "80")])  # fmt: skip
+    assert (root / "relative_bias.png").stat().st_size > 1000  # the relative kind's own artifact, drawn at the end
+    assert (live / "artifacts" / "relative_bias.npz").is_file()
+    assert not (root / "none" / "seed=0" / "artifacts" / "relative_bias.npz").exists()
 
 
 def test_sweep_writes_every_run_as_an_ordinary_run_with_its_overrides_and_seed(sweep):
@@ -316,3 +320,18 @@ def test_mean_attention_distance_and_rollout_on_known_attention():
 def test_plot_sweep_returns_the_files_it_wrote(sweep):
     written = plot_sweep(sweep["root"])
     assert {p.name for p in written} == {"results.csv", *PLOTS}
+
+
+def test_relative_bias_maps_are_indexed_by_the_key_offset_from_the_query():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=(12, 16), patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2,
+                              pos_embed="relative")  # fmt: skip
+    torch.nn.init.normal_(model.pos_embed.relative_bias_table)
+    maps = relative_bias_maps(model)
+    assert maps.shape == (2, 5, 7)  # a 3 x 4 grid: offsets -2..2 rows, -3..3 columns
+    bias = model.pos_embed.attn_bias((3, 4))[0]  # heads, 1 + 12, 1 + 12 (class token first)
+    for q, k in [(0, 11), (11, 0), (5, 6), (7, 7), (2, 9)]:
+        (qr, qc), (kr, kc) = divmod(q, 4), divmod(k, 4)
+        for h in range(2):
+            assert maps[h, 2 + kr - qr, 3 + kc - qc] == pytest.approx(bias[h, 1 + q, 1 + k].item())
+    assert relative_bias_maps(VisionTransformer(img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2)) is None

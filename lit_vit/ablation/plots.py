@@ -7,7 +7,7 @@ rewrites `<sweep dir>/results.csv` from the finished runs and draws into the swe
 - accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot;
 - curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
-  (from its first seed).
+  (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
 """
 
 import argparse
@@ -17,7 +17,14 @@ import numpy as np
 import yaml
 
 from lit_vit.ablation.results import collect, mean_std, read_results, run_dir, validation_curve, write_results
-from lit_vit.callbacks.artifacts import ARTIFACTS_DIR, draw_distance, draw_rollout, draw_similarity, show_image
+from lit_vit.callbacks.artifacts import (
+    ARTIFACTS_DIR,
+    draw_distance,
+    draw_relative_bias,
+    draw_rollout,
+    draw_similarity,
+    show_image,
+)
 from lit_vit.errors import ConfigError
 
 
@@ -118,6 +125,30 @@ def plot_similarity(sweep_dir: Path, rows: list[dict]) -> Path | None:
     return _save(fig, sweep_dir / "pos_embed_similarity.png")
 
 
+def plot_relative_bias(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    found = _artifacts(sweep_dir, rows, "relative_bias")
+    if not found:
+        return None
+    heads = max(len(d["bias"]) for d in found.values())
+    vmax = max(float(np.abs(d["bias"]).max()) for d in found.values()) or 1.0
+    fig, axes = plt.subplots(len(found), heads, figsize=(2.2 * heads + 1, 2.4 * len(found)), squeeze=False)
+    image = None
+    for row, (variant, data) in zip(axes, found.items()):
+        for i, ax in enumerate(row):
+            if i < len(data["bias"]):
+                image = draw_relative_bias(ax, data["bias"][i], f"{variant}: head {i}", vmax)
+            else:
+                ax.axis("off")
+        row[0].set_ylabel("key row - query row", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("key col - query col", fontsize=7)
+    fig.colorbar(image, ax=list(axes.ravel()), fraction=0.03, label="attention logit bias")
+    fig.suptitle("learned relative position bias per head (+ = the query's own position)", fontsize=10, y=1.04)
+    return _save(fig, sweep_dir / "relative_bias.png")
+
+
 def plot_distance(sweep_dir: Path, rows: list[dict]) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -165,7 +196,8 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         write_results(sweep_dir, finished)
     rows = read_results(sweep_dir)
     written = [sweep_dir / "results.csv", plot_accuracy(sweep_dir, rows), plot_curves(sweep_dir, rows)]
-    written += [p for p in (plot_similarity(sweep_dir, rows), plot_distance(sweep_dir, rows)) if p]
+    written += [p for p in (plot_similarity(sweep_dir, rows), plot_relative_bias(sweep_dir, rows)) if p]
+    written += [p for p in (plot_distance(sweep_dir, rows),) if p]
     written += [p for p in (plot_rollout(sweep_dir, rows),) if p]
     return written
 

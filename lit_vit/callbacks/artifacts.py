@@ -5,6 +5,8 @@ across runs) and a PNG.
 
 - pos_embed_similarity: cosine similarity between the position embedding of every patch and every other patch,
   drawn as a grid of small images (Figure 7, centre); absolute kinds only (learned_1d, learned_2d, sincos_*).
+- relative_bias: the learned relative position bias of each head over 2-D offsets (key minus query), the relative
+  kind's counterpart of the similarity grid; `relative` only.
 - attention_distance: mean attention distance in pixels per head against depth (Figure 7, right).
 - attention_rollout: Abnar & Zuidema's rollout of the attention of the read-out (class token, or all patches when
   there is none) onto the patches, on a few validation images.
@@ -33,6 +35,16 @@ def pos_embed_similarity(backbone: torch.nn.Module) -> np.ndarray | None:
     table = pos.table(grid).detach().float().reshape(-1, pos.dim)[-grid[0] * grid[1] :]  # drop prefix rows
     table = torch.nn.functional.normalize(table, dim=-1)
     return (table @ table.t()).reshape(*grid, *grid).cpu().numpy()
+
+
+def relative_bias_maps(backbone: torch.nn.Module) -> np.ndarray | None:
+    """The learned relative bias as (heads, 2H-1, 2W-1) maps indexed by the key's offset from the query: entry
+    [h, H-1 + dy, W-1 + dx] is what head h adds to the logit of a query attending to the patch dy rows below and dx
+    columns right of it (the centre is the query itself). None for kinds without a relative bias."""
+    pos = getattr(backbone, "pos_embed", None)
+    if pos is None or not hasattr(pos, "offset_table"):
+        return None
+    return pos.offset_table(tuple(backbone.grid)).detach().float().flip(-2, -1).cpu().numpy()  # query-key -> key-query
 
 
 def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
@@ -89,6 +101,21 @@ def draw_similarity(ax, sim: np.ndarray, title: str = ""):
     return image
 
 
+def draw_relative_bias(ax, bias: np.ndarray, title: str = "", vmax: float | None = None):
+    """One head's (2H-1, 2W-1) bias map over key offsets, centred on the query (+), red = attended more."""
+    h, w = bias.shape
+    gh, gw = (h + 1) // 2, (w + 1) // 2
+    vmax = vmax or float(np.abs(bias).max()) or 1.0
+    extent = (-gw + 0.5, gw - 0.5, gh - 0.5, -gh + 0.5)
+    image = ax.imshow(bias, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest", extent=extent)
+    ax.plot(0, 0, marker="+", color="black", markersize=8)
+    ax.set_xticks(sorted({-(gw - 1), 0, gw - 1}))
+    ax.set_yticks(sorted({-(gh - 1), 0, gh - 1}))
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    return image
+
+
 def draw_distance(ax, distance: np.ndarray, title: str = "", max_distance: float | None = None) -> None:
     depth, heads = distance.shape
     for h in range(heads):
@@ -134,6 +161,21 @@ def save_similarity_png(sim: np.ndarray, path: Path) -> None:
     _save_figure(fig, path)
 
 
+def save_relative_bias_png(bias: np.ndarray, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    heads = len(bias)
+    vmax = float(np.abs(bias).max()) or 1.0
+    fig, axes = plt.subplots(1, heads, figsize=(2.2 * heads + 1, 2.6), squeeze=False)
+    image = None
+    for i, ax in enumerate(axes[0]):
+        image = draw_relative_bias(ax, bias[i], f"head {i}", vmax)
+        ax.set_xlabel("key col - query col", fontsize=7)
+    axes[0, 0].set_ylabel("key row - query row", fontsize=7)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="attention logit bias")
+    _save_figure(fig, path)
+
+
 def save_distance_png(distance: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -157,8 +199,8 @@ def save_rollout_png(images: np.ndarray, rollout: np.ndarray, path: Path) -> Non
 
 # --- the callbacks --------------------------------------------------------------------------------------------------
 class ViTArtifacts(Callback):
-    """Writes the position-embedding similarity, mean attention distance and attention rollout of the trained
-    backbone to `<run dir>/artifacts/` (.npz numbers + .png) when fit ends.
+    """Writes the position-embedding similarity (or the relative bias maps), mean attention distance and attention
+    rollout of the trained backbone to `<run dir>/artifacts/` (.npz numbers + .png) when fit ends.
 
     Works with any backbone that has `pos_embed` (with `table(grid)` for absolute kinds), `grid`, `patch_embed`,
     `num_prefix_tokens` and `attention_maps(x)` (VisionTransformer); missing parts are skipped with a warning.
@@ -206,6 +248,11 @@ def write_artifacts(backbone, datamodule, out: Path, num_images: int = 128, roll
             np.savez(out / "pos_embed_similarity.npz", similarity=sim, grid=np.array(backbone.grid))
             save_similarity_png(sim, out / "pos_embed_similarity.png")
             written += [out / "pos_embed_similarity.npz", out / "pos_embed_similarity.png"]
+        bias = relative_bias_maps(backbone)
+        if bias is not None:
+            np.savez(out / "relative_bias.npz", bias=bias, grid=np.array(backbone.grid))
+            save_relative_bias_png(bias, out / "relative_bias.png")
+            written += [out / "relative_bias.npz", out / "relative_bias.png"]
         if not hasattr(backbone, "attention_maps") or datamodule is None:
             rollout_images = 0
             rank_zero_warn(f"{type(backbone).__name__} has no attention_maps(x): attention artifacts skipped")

@@ -162,8 +162,9 @@ class RelativePosBias(PosEmbed):
         self.relative_bias_table = nn.Parameter(torch.zeros(n_rel + 3 * num_prefix, num_heads))
         nn.init.trunc_normal_(self.relative_bias_table, std=0.02)
 
-    def _grid_table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The offset part of the table, as a (heads, 2H-1, 2W-1) map resampled to `grid` if needed."""
+    def offset_table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The offset part of the table as (heads, 2H-1, 2W-1), resampled to `grid` if needed; entry
+        [h, dy + H-1, dx + W-1] is head h's bias for a query at (row, col) attending to the key at (row-dy, col-dx)."""
         h, w = 2 * self.grid[0] - 1, 2 * self.grid[1] - 1
         t = self.relative_bias_table[: h * w].t().reshape(self.num_heads, h, w)
         new = (2 * grid[0] - 1, 2 * grid[1] - 1)
@@ -173,7 +174,7 @@ class RelativePosBias(PosEmbed):
 
     def attn_bias(self, grid: tuple[int, int]) -> torch.Tensor:
         gh, gw = grid
-        t = self._grid_table(grid)  # heads, 2gh-1, 2gw-1
+        t = self.offset_table(grid)  # heads, 2gh-1, 2gw-1
         coords = torch.stack(
             torch.meshgrid(torch.arange(gh, device=t.device), torch.arange(gw, device=t.device), indexing="ij")
         ).flatten(1)
@@ -190,7 +191,7 @@ class RelativePosBias(PosEmbed):
         return bias[None]
 
     def resize(self, grid: tuple[int, int]) -> None:
-        t = self._grid_table(grid).detach().reshape(self.num_heads, -1).t()
+        t = self.offset_table(grid).detach().reshape(self.num_heads, -1).t()
         extra = self.relative_bias_table[(2 * self.grid[0] - 1) * (2 * self.grid[1] - 1) :].detach()
         self.relative_bias_table = nn.Parameter(torch.cat([t, extra], dim=0))
         super().resize(grid)
