@@ -20,7 +20,7 @@ from lit_vit.ablation.results import collect, mean_std, read_results, run_dir, v
 from lit_vit.callbacks.artifacts import (
     ARTIFACTS_DIR,
     draw_distance,
-    draw_relative_bias,
+    draw_relative_bias_heads,
     draw_rollout,
     draw_similarity,
     show_image,
@@ -136,12 +136,7 @@ def plot_relative_bias(sweep_dir: Path, rows: list[dict]) -> Path | None:
     fig, axes = plt.subplots(len(found), heads, figsize=(2.2 * heads + 1, 2.4 * len(found)), squeeze=False)
     image = None
     for row, (variant, data) in zip(axes, found.items()):
-        for i, ax in enumerate(row):
-            if i < len(data["bias"]):
-                image = draw_relative_bias(ax, data["bias"][i], f"{variant}: head {i}", vmax)
-            else:
-                ax.axis("off")
-        row[0].set_ylabel("key row - query row", fontsize=7)
+        image = draw_relative_bias_heads(row, data["bias"], vmax, f"{variant}: ")
     for ax in axes[-1]:
         ax.set_xlabel("key col - query col", fontsize=7)
     fig.colorbar(image, ax=list(axes.ravel()), fraction=0.03, label="attention logit bias")
@@ -196,9 +191,8 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         write_results(sweep_dir, finished)
     rows = read_results(sweep_dir)
     written = [sweep_dir / "results.csv", plot_accuracy(sweep_dir, rows), plot_curves(sweep_dir, rows)]
-    written += [p for p in (plot_similarity(sweep_dir, rows), plot_relative_bias(sweep_dir, rows)) if p]
-    written += [p for p in (plot_distance(sweep_dir, rows),) if p]
-    written += [p for p in (plot_rollout(sweep_dir, rows),) if p]
+    artifact_plots = (plot_similarity, plot_relative_bias, plot_distance, plot_rollout)  # None: no run saved that one
+    written += [p for p in (plot(sweep_dir, rows) for plot in artifact_plots) if p]
     return written
 
 

@@ -161,17 +161,25 @@ def save_similarity_png(sim: np.ndarray, path: Path) -> None:
     _save_figure(fig, path)
 
 
+def draw_relative_bias_heads(axes, bias: np.ndarray, vmax: float, label: str = ""):
+    """One head per axis of the row `axes` (extra axes hidden); returns the last image, for a colour bar."""
+    image = None
+    for i, ax in enumerate(axes):
+        if i < len(bias):
+            image = draw_relative_bias(ax, bias[i], f"{label}head {i}", vmax)
+        else:
+            ax.axis("off")
+    axes[0].set_ylabel("key row - query row", fontsize=7)
+    return image
+
+
 def save_relative_bias_png(bias: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    heads = len(bias)
-    vmax = float(np.abs(bias).max()) or 1.0
-    fig, axes = plt.subplots(1, heads, figsize=(2.2 * heads + 1, 2.6), squeeze=False)
-    image = None
-    for i, ax in enumerate(axes[0]):
-        image = draw_relative_bias(ax, bias[i], f"head {i}", vmax)
+    fig, axes = plt.subplots(1, len(bias), figsize=(2.2 * len(bias) + 1, 2.6), squeeze=False)
+    image = draw_relative_bias_heads(axes[0], bias, float(np.abs(bias).max()) or 1.0)
+    for ax in axes[0]:
         ax.set_xlabel("key col - query col", fontsize=7)
-    axes[0, 0].set_ylabel("key row - query row", fontsize=7)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="attention logit bias")
     _save_figure(fig, path)
 

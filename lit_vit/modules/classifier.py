@@ -102,12 +102,9 @@ class ImageClassifier(L.LightningModule):
                 )
         if optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
-        if head_lr is not None and not isinstance(getattr(backbone, "head", None), nn.Module):
-            raise ConfigError(f"head_lr needs a backbone with a `head` module; {type(backbone).__name__} has none")
-        if pos_embed_lr is not None and not isinstance(getattr(backbone, "pos_embed", None), nn.Module):
-            raise ConfigError(
-                f"pos_embed_lr needs a backbone with a `pos_embed` module; {type(backbone).__name__} has none"
-            )
+        for name, value, part in (("head_lr", head_lr, "head"), ("pos_embed_lr", pos_embed_lr, "pos_embed")):
+            if value is not None and not isinstance(getattr(backbone, part, None), nn.Module):
+                raise ConfigError(f"{name} needs a backbone with a `{part}` module; {type(backbone).__name__} has none")
         self.backbone = backbone
         if compile:
             self.backbone.compile()  # compiles __call__ in place: no `_orig_mod.` wrapper in the state dict
