@@ -1,10 +1,12 @@
 from lit_vit.callbacks.artifacts import TrainSpeed, ViTArtifacts
+from lit_vit.callbacks.fewshot import FewShotEval
 from lit_vit.callbacks.predict import PredictionCSVWriter
 from lit_vit.callbacks.run import AtomicModelCheckpoint, LastCheckpoint, RunLogger
 from lit_vit.callbacks.throughput import ThroughputLogger
 
 __all__ = [
     "AtomicModelCheckpoint",
+    "FewShotEval",
     "LastCheckpoint",
     "PredictionCSVWriter",
     "RunLogger",
