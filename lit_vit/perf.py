@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 # Dense (no sparsity) peak tensor-core TFLOP/s from NVIDIA's datasheets, by compute dtype. "tf32" applies to fp32
@@ -46,12 +47,16 @@ def count_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
     A training step counts forward and backward (gradients w.r.t. the trainable parameters, via autograd.grad, so
     the model's `.grad` fields are left untouched); the cross-entropy against `y` (or a sum) is the loss. `forward`
     is called directly, so a module compiled in place with `module.compile()` is counted eagerly.
+
+    Attention is counted through PyTorch's math path of `scaled_dot_product_attention` (two batched matmuls, the
+    same count as the fused kernels' formulas): which fused CPU / GPU kernels FlopCounterMode knows differs between
+    torch releases (torch 2.14's CPU flash kernel is not counted), the matmuls of the math path are counted by all.
     """
     counter = FlopCounterMode(display=False)
     was_training = model.training
     model.train(train)
     try:
-        with counter:
+        with counter, sdpa_kernel(SDPBackend.MATH):
             if train:
                 out = model.forward(x)
                 loss = torch.nn.functional.cross_entropy(out, y) if y is not None else out.float().sum()

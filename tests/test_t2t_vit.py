@@ -191,10 +191,10 @@ REF = dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
 
 
 def official_model(img_size: int, tokens_type: str, seed: int) -> RefT2TViT:
-    """A reference model built as the official `pretrained=True` factories do (qk_scale embed_dim ** -0.5), with
+    """A reference model built as the official main.py does (pretrained=False, no qk_scale: head_dim ** -0.5), with
     every trainable tensor randomised (norm weights, biases, class token included) so no key can load unnoticed."""
     torch.manual_seed(seed)
-    model = RefT2TViT(img_size, tokens_type, qk_scale=REF["embed_dim"] ** -0.5, **REF)
+    model = RefT2TViT(img_size, tokens_type, qk_scale=None, **REF)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -373,7 +373,7 @@ def test_official_checkpoint_gives_the_official_outputs_at_224(tmp_path, tokens_
     noise = {k: v + 1.0 for k, v in ref.state_dict().items()}  # the non-EMA weights: must not be the ones loaded
     save_official(tmp_path / "t2t.pth.tar", noise, ema=ref.state_dict())
     ours = ours_like(224, tokens_type, checkpoint=str(tmp_path / "t2t.pth.tar"))
-    assert ours.blocks[0].attn.scale == pytest.approx(64**-0.5)  # released-weights scale, as the official factories
+    assert ours.blocks[0].attn.scale == pytest.approx(32**-0.5)  # head_dim ** -0.5, as the official main.py trained
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected, got = ref(x), ours(x)
@@ -527,17 +527,19 @@ def test_cli_fine_tunes_from_an_official_checkpoint_given_to_the_backbone(run_di
     assert state["backbone.head.bias"].abs().sum() > 0  # initialised at zero: non-zero only if SGD updated it
     assert state["backbone.pos_embed.pos_embed"].shape == (1, 5, 32)  # 4x4 table resized to the 2x2 grid of 32 px
     module = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert module.backbone.blocks[0].attn.scale == pytest.approx(32**-0.5)  # rebuilt with the released-weights scale
+    assert module.backbone.blocks[0].attn.scale == pytest.approx(16**-0.5)  # head_dim ** -0.5: nothing overrides it
 
 
-def test_classifier_pretrained_route_needs_an_explicit_qk_scale(tmp_path):
+def test_classifier_pretrained_route_loads_released_weights_with_the_default_scale(tmp_path):
     ref = official_model(224, "performer", seed=7)
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "t2t.pth")
-    with pytest.raises(ConfigError, match=r"qk_scale: 0\.125"):
-        ours_like(224, "performer").load_pretrained(str(tmp_path / "t2t.pth"))
-    ours = ours_like(224, "performer", qk_scale=64**-0.5)
+    ours = ours_like(224, "performer")
     ours.load_pretrained(str(tmp_path / "t2t.pth"))
     assert torch.equal(ours.tokens_to_token.attention2.w, ref.tokens_to_token.attention2.w)
+    assert ours.blocks[0].attn.scale == pytest.approx(32**-0.5)  # head_dim ** -0.5, not embed_dim ** -0.5
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_refuses_an_unknown_optimizer():

@@ -184,8 +184,8 @@ class T2TViT(nn.Module):
         mlp_ratio: MLP hidden width as a multiple of D.
         token_dim: width of the token layers inside the T2T module (64 in all released models).
         qkv_bias: bias on the query / key / value projection of the blocks (off in the official models).
-        qk_scale: attention logit scale of the blocks (default head_dim ** -0.5; set to embed_dim ** -0.5
-            automatically when `checkpoint` is given, as the released weights were trained with it).
+        qk_scale: attention logit scale of the blocks (default head_dim ** -0.5, the scale the official training
+            script used for every released checkpoint; the factories' embed_dim ** -0.5 branch never loads them).
         pos_embed: sincos_1d (the official fixed 1-D sinusoid table, frozen), none, learned_1d, learned_2d,
             sincos_2d or relative.
         drop_rate: dropout after the embeddings, in MLPs and projections of the blocks.
@@ -269,17 +269,9 @@ class T2TViT(nn.Module):
     def load_pretrained(self, path: str) -> None:
         """Official T2T-ViT weights for ImageClassifier(pretrained=...); the head is loaded only if it fits.
 
-        The released weights need the attention scale embed_dim ** -0.5, which is not stored in any state dict: so
-        this route requires qk_scale to be set in the config (then a resumed run or a reloaded checkpoint rebuilds the
-        same model). The backbone's own `checkpoint` option sets it by itself.
+        The released weights were trained with the default attention scale head_dim ** -0.5 (the official main.py
+        builds every model with pretrained=False and no qk_scale), so no scale has to be set.
         """
-        if self.qk_scale is None:
-            scale = f"{self.embed_dim**-0.5:.8g}"
-            raise ConfigError(
-                f"the released T2T-ViT weights were trained with qk_scale = embed_dim ** -0.5 = {scale}; set "
-                f"model.init_args.backbone.init_args.qk_scale: {scale}, or give the file as "
-                "model.init_args.backbone.init_args.checkpoint instead of model.init_args.pretrained (that sets it)"
-            )
         from lit_vit.models.weights.t2t import load_t2t_checkpoint
 
         load_t2t_checkpoint(self, path)

@@ -75,8 +75,8 @@ def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -
     """Load an official T2T-ViT checkpoint into `model` with strict key and shape checking.
 
     The head is skipped (left as initialised) when its size differs from the model's (fine-tuning on other classes).
-    When the model has the default attention scale (qk_scale None), it is set to embed_dim ** -0.5, the scale the
-    released weights were trained with (the official code does the same when loading them).
+    The attention scale is left as the model has it: the released weights were trained with the default
+    head_dim ** -0.5 (the official main.py never passes qk_scale), so an explicit qk_scale is kept as given.
     Returns the keys deliberately not loaded.
     """
     raw = read_t2t_checkpoint(path, use_ema)
@@ -104,6 +104,4 @@ def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -
             "token_dim 64), or check that the file is an official T2T-ViT checkpoint"
         )
     model.load_state_dict(sd, strict=False)  # strictness checked above, with the deliberately skipped head
-    if model.qk_scale is None:
-        model.set_qk_scale(model.embed_dim**-0.5)
     return skipped
