@@ -124,3 +124,27 @@ def test_fewshot_on_a_datamodule_without_splits_is_refused_before_training():
     with pytest.raises(ConfigError, match="FewShotEval needs a lit_vit image DataModule"):
         trainer.fit(ImageClassifier(backbone, num_classes=2), datamodule=Plain())
     assert trainer.global_step == 0
+
+
+def test_sweep_results_gain_kshot_columns_and_accuracy_png_a_probe_panel(tmp_path):
+    from PIL import Image
+
+    from lit_vit.ablation.plots import plot_accuracy
+    from lit_vit.ablation.results import read_results, summarise_run, write_results
+
+    header = "epoch,step,val/acc1,val/acc5,val/loss,fewshot/1shot,fewshot/5shot\n"
+    rows = []
+    for seed, probe in ((0, "0.5"), (1, "0.7")):
+        run = tmp_path / "learned_1d" / f"seed={seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text(
+            header + "0,10,0.8,0.9,1.0,,\n0,10,,,,0.2,0.4\n1,20,0.9,1.0,0.5,,\n1,20,,,,0.3," + probe + "\n"
+        )
+        rows.append(summarise_run(run, "learned_1d", seed, params=1, train_images_per_s=1.0, wall_s=1.0))
+    assert rows[1]["fewshot_5shot"] == 0.7 and rows[1]["fewshot_1shot"] == 0.3  # the last probe of the run
+    write_results(tmp_path, rows)
+    back = read_results(tmp_path)
+    assert [r["fewshot_5shot"] for r in back] == [0.5, 0.7] and back[0]["fewshot_1shot"] == 0.3
+    with_probe = Image.open(plot_accuracy(tmp_path, back)).size[0]
+    without = Image.open(plot_accuracy(tmp_path, [{k: v for k, v in r.items() if "shot" not in k} for r in back]))
+    assert with_probe > 1.4 * without.size[0]  # two panels: top-1 and the 5-shot probe side by side

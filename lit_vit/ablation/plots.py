@@ -4,7 +4,8 @@
 
 rewrites `<sweep dir>/results.csv` from the finished runs and draws into the sweep folder:
 
-- accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot;
+- accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot; next to it the
+  5-shot linear probe (FewShotEval) when the runs have one;
 - curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
   (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
@@ -51,27 +52,45 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_accuracy(sweep_dir: Path, rows: list[dict]) -> Path:
-    import matplotlib.pyplot as plt
-
-    groups = _by_variant(rows)
+def _accuracy_panel(ax, groups: dict[str, list[dict]], column: str, label: str) -> None:
+    """One variant per x position: mean +- std of `column` (a fraction) over seeds, every seed as a dot."""
     names = list(groups)
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.5, 3.8))
     for i, name in enumerate(names):
-        accs = [100 * r["final_val_acc1"] for r in groups[name]]
+        accs = [100 * r[column] for r in groups[name] if r.get(column) is not None]
+        if not accs:
+            continue
         mean, std = mean_std(accs)
         ax.errorbar(i, mean, yerr=std, fmt="s", color=f"C{i}", capsize=6, markersize=8, zorder=3)
         ax.scatter(np.full(len(accs), i) + 0.12, accs, color=f"C{i}", s=14, alpha=0.6, zorder=2)
         ax.annotate(f"{mean:.1f}\n+-{std:.1f}", (i, mean + std), textcoords="offset points", xytext=(0, 6),
                     ha="center", fontsize=8)  # fmt: skip
-    seeds = sorted({r["seed"] for r in rows})
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_xlim(-0.6, len(names) - 0.4)
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.12 * (high - low))
-    ax.set_ylabel("final val top-1 (%)")
-    ax.set_title(f"{sweep_dir.name}: mean +- std over {len(seeds)} seed(s) {seeds}", fontsize=10)
+    ax.set_ylabel(label)
     ax.grid(axis="y", alpha=0.3)
+
+
+def plot_accuracy(sweep_dir: Path, rows: list[dict]) -> Path:
+    """Final val top-1 per variant; with a second panel of the 5-shot linear probe when the runs have one (the ViT
+    paper's ablation metric, Table 8)."""
+    import matplotlib.pyplot as plt
+
+    groups = _by_variant(rows)
+    panels = [("final_val_acc1", "final val top-1 (%)")]
+    if any(r.get("fewshot_5shot") is not None for r in rows):
+        panels.append(("fewshot_5shot", "5-shot linear probe top-1 (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.3 * len(groups) + 2.5), 3.8), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        _accuracy_panel(ax, groups, column, label)
+    seeds = sorted({r["seed"] for r in rows})
+    title = f"{sweep_dir.name}: mean +- std over {len(seeds)} seed(s) {seeds}"
+    if len(panels) == 1:
+        axes[0, 0].set_title(title, fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
     return _save(fig, sweep_dir / "accuracy.png")
 
 

@@ -63,6 +63,30 @@ def validation_curve(run: Path) -> list[dict[str, float]]:
     return curve
 
 
+def fewshot_result(run: Path) -> dict[str, float]:
+    """The last few-shot evaluation of a run (FewShotEval's `fewshot/<k>shot` in metrics.csv) as
+    {"fewshot_<k>shot": accuracy}, k ascending; empty when the run had no FewShotEval."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any(k.startswith("fewshot/") and v for k, v in r.items())]
+    if not rows:
+        return {}
+    found = {k.removeprefix("fewshot/"): _float(v) for k, v in rows[-1].items() if k.startswith("fewshot/")}
+    return {f"fewshot_{k}": found[k] for k in sorted(found, key=_shots) if found[k] is not None}
+
+
+def _shots(column: str) -> int:
+    """k of a few-shot column name ("5shot", "fewshot_5shot")."""
+    return int(column.removeprefix("fewshot_").removesuffix("shot"))
+
+
+def fewshot_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The few-shot columns present in any row, k ascending."""
+    return sorted({k for r in rows for k in r if k.startswith("fewshot_") and k.endswith("shot")}, key=_shots)
+
+
 def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str, Any]:
     """The results row of a finished run: best / final validation metrics from metrics.csv plus `extra`."""
     curve = validation_curve(run)
@@ -83,6 +107,7 @@ def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str,
         "min_val_loss": min(losses) if losses else None,
         "epochs": final["epoch"] + 1,
         "steps": final["step"],
+        **fewshot_result(run),
         **extra,
     }
 
@@ -109,7 +134,7 @@ def collect(sweep_dir: Path, order: list[str] | None = None) -> list[dict[str, A
 def write_results(sweep_dir: Path, rows: list[dict[str, Any]]) -> Path:
     path = Path(sweep_dir) / RESULTS_FILE
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS + fewshot_columns(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -127,6 +152,8 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
+        for key in fewshot_columns(rows[:1]):
+            row[key] = _float(row.get(key))
         for key in RESULT_COLUMNS[1:]:
             value = _float(row.get(key))
             is_int = key in ("seed", "best_epoch", "epochs", "steps", "params") and value is not None

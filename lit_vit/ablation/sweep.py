@@ -32,7 +32,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lit_vit.ablation.config import Ablation, Variant
-from lit_vit.ablation.results import collect, mean_std, read_done, run_dir, summarise_run, write_done, write_results
+from lit_vit.ablation.results import (
+    collect,
+    fewshot_columns,
+    mean_std,
+    read_done,
+    run_dir,
+    summarise_run,
+    write_done,
+    write_results,
+)
 from lit_vit.callbacks.artifacts import ARTIFACTS_DIR, TrainSpeed
 from lit_vit.errors import ConfigError
 
@@ -238,9 +247,16 @@ def train_run(cli, run: Run, state: str) -> None:
     write_done(run.dir, row)
 
 
+def _mean_std_text(fractions: list[float | None]) -> str:
+    values = [100 * v for v in fractions if v is not None]
+    return "{:.2f} +- {:.2f}".format(*mean_std(values)) if values else "-"
+
+
 def summary_table(rows: list[dict[str, Any]], order: list[str]) -> Table:
     table = Table(title="final validation top-1 (mean +- std over seeds)")
-    for column in ("variant", "seeds", "final top-1 %", "best top-1 %", "params", "img/s", "wall s"):
+    shots = fewshot_columns(rows)  # FewShotEval's probes, when the runs had it
+    columns = ("variant", "seeds", "final top-1 %", "best top-1 %", *(f"{c[8:]} %" for c in shots), "params")
+    for column in (*columns, "img/s", "wall s"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name in order:
         mine = [r for r in rows if r["variant"] == name]
@@ -253,6 +269,7 @@ def summary_table(rows: list[dict[str, Any]], order: list[str]) -> Table:
             str(len(mine)),
             f"{final[0]:.2f} +- {final[1]:.2f}",
             f"{best[0]:.2f} +- {best[1]:.2f}",
+            *(_mean_std_text([r.get(c) for r in mine]) for c in shots),
             f"{mine[0]['params']:,}",
             f"{sum(r['train_images_per_s'] for r in mine) / len(mine):.0f}",
             f"{sum(r['wall_s'] for r in mine) / len(mine):.0f}",

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from lit_vit.errors import ConfigError
 
-DEFAULT_L2_GRID = tuple(10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2))
+# L2 strengths as multiples of the mean squared norm of the centred k-shot features: 1e-6 ... 1e2, half decades
+DEFAULT_L2_GRID = tuple(10.0 ** (e / 2) for e in range(-12, 5))
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, l2s: Sequence[float]) -> tuple[list[torch.Tensor], torch.Tensor]:
