@@ -1,4 +1,5 @@
 from lit_vit.callbacks.artifacts import TrainSpeed, ViTArtifacts
+from lit_vit.callbacks.ema import EMA
 from lit_vit.callbacks.fewshot import FewShotEval
 from lit_vit.callbacks.predict import PredictionCSVWriter
 from lit_vit.callbacks.run import AtomicModelCheckpoint, LastCheckpoint, RunLogger
@@ -6,6 +7,7 @@ from lit_vit.callbacks.throughput import ThroughputLogger
 
 __all__ = [
     "AtomicModelCheckpoint",
+    "EMA",
     "FewShotEval",
     "LastCheckpoint",
     "PredictionCSVWriter",

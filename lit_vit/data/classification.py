@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lit_vit.data.augment import AugmentPolicy, as_policy, build_train_transform
 from lit_vit.data.datasets import ArrayDataset, ClassificationDataset, FileDataset, list_images, load_pickle_batch
 from lit_vit.data.sampling import ResumableDataLoader, SeededSampler
 from lit_vit.data.transforms import eval_transform, train_transform
@@ -41,6 +42,8 @@ class ImageDataModule(L.LightningDataModule):
         std: per-channel normalisation std in [0, 1] (default: the dataset's own).
         seed: seed of the shuffling order and the augmentations (independent of the model's init seed).
         predict_path: image file(s) or folder(s) for `predict`.
+        augment_policy: per-image training augmentation after the crop and flip (RandAugment / TrivialAugmentWide /
+            AutoAugment, colour jitter, random erasing; see lit_vit.data.augment.AugmentPolicy), or null (none).
     """
 
     default_mean: tuple[float, ...] = IMAGENET_MEAN
@@ -64,6 +67,7 @@ class ImageDataModule(L.LightningDataModule):
         std: tuple[float, ...] | None = None,
         seed: int = 0,
         predict_path: str | list[str] | None = None,
+        augment_policy: AugmentPolicy | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -75,6 +79,7 @@ class ImageDataModule(L.LightningDataModule):
         self.augment, self.hflip, self.rrc_scale, self.pad, self.crop_pct = augment, hflip, rrc_scale, pad, crop_pct
         self.mean, self.std, self.seed = mean, std, seed
         self.predict_path = predict_path
+        self.augment_policy = as_policy(augment_policy)  # a dict when read back from a checkpoint's hyperparameters
         train_transform(self.img_size, (0.5,), (0.5,), augment)  # validates `augment` before anything is read
         self.datasets: dict[str, ClassificationDataset] = {}
 
@@ -102,7 +107,9 @@ class ImageDataModule(L.LightningDataModule):
     def transforms(self, train: bool):
         mean, std = self.norm_stats()
         if train:
-            return train_transform(self.img_size, mean, std, self.augment, self.hflip, self.rrc_scale, self.pad)
+            return build_train_transform(
+                self.img_size, mean, std, self.augment, self.hflip, self.rrc_scale, self.pad, self.augment_policy
+            )
         return eval_transform(self.img_size, mean, std, self.crop_pct)
 
     def setup(self, stage: str) -> None:
@@ -207,6 +214,7 @@ class DigitsDataModule(ImageDataModule):
         std: tuple[float, ...] | None = None,
         seed: int = 0,
         predict_path: str | list[str] | None = None,
+        augment_policy: AugmentPolicy | None = None,
     ) -> None:
         super().__init__(
             root="",
@@ -224,6 +232,7 @@ class DigitsDataModule(ImageDataModule):
             std=std,
             seed=seed,
             predict_path=predict_path,
+            augment_policy=augment_policy,
         )
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -329,12 +338,13 @@ class CIFARDataModule(ImageDataModule):
         std: tuple[float, ...] | None = None,
         seed: int = 0,
         predict_path: str | list[str] | None = None,
+        augment_policy: AugmentPolicy | None = None,
     ) -> None:
         if name not in CIFAR_LAYOUT:
             raise ConfigError(f"unknown CIFAR dataset {name!r}; choose one of {', '.join(CIFAR_LAYOUT)}")
         super().__init__(
             root, img_size, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, augment, hflip,
-            rrc_scale, pad, crop_pct, mean, std, seed, predict_path,
+            rrc_scale, pad, crop_pct, mean, std, seed, predict_path, augment_policy,
         )  # fmt: skip
         self.name, self.val_size, self.download = name, val_size, download
         self.layout = CIFAR_LAYOUT[name]
@@ -430,10 +440,11 @@ class ImageFolderDataModule(ImageDataModule):
         std: tuple[float, ...] | None = None,
         seed: int = 0,
         predict_path: str | list[str] | None = None,
+        augment_policy: AugmentPolicy | None = None,
     ) -> None:
         super().__init__(
             root, img_size, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, augment, hflip,
-            rrc_scale, pad, crop_pct, mean, std, seed, predict_path,
+            rrc_scale, pad, crop_pct, mean, std, seed, predict_path, augment_policy,
         )  # fmt: skip
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")

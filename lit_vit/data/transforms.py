@@ -21,8 +21,12 @@ def train_transform(
     hflip: bool = True,
     rrc_scale: tuple[float, float] = (0.08, 1.0),
     pad: int = 4,
+    normalize: bool = True,
 ) -> A.Compose:
-    """Training pipeline: RandomResizedCrop (ImageNet style) or pad-and-crop (CIFAR style), optional flip."""
+    """Training pipeline: RandomResizedCrop (ImageNet style) or pad-and-crop (CIFAR style), optional flip.
+
+    normalize=False stops after the geometry (HWC uint8 out) for the torchvision policy ops of lit_vit.data.augment.
+    """
     h, w = img_size
     if augment == "rrc":
         ops = [A.RandomResizedCrop(size=(h, w), scale=tuple(rrc_scale), interpolation=cv2.INTER_CUBIC)]
@@ -38,7 +42,8 @@ def train_transform(
         raise ConfigError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENT_KINDS)}")
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
-    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    if normalize:
+        ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=0)
 
 

@@ -1,6 +1,8 @@
 """ImageClassifier: thin Lightning glue around any backbone (loss, metrics, optimiser, schedule)."""
 
 import math
+import os
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -10,6 +12,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.errors import ConfigError
+from lit_vit.modules.layer_decay import layer_decay_lrs
+from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -68,6 +72,12 @@ class ImageClassifier(L.LightningModule):
             backbone with a fresh head); follows the same warm-up and cosine schedule.
         pos_embed_lr: peak learning rate of the learned position parameters (`backbone.pos_embed`: absolute tables or
             the relative bias table) when it differs from lr; same schedule.
+        mixup: Mixup / CutMix on the training batch (see lit_vit.modules.mixing.Mixup), or null (none); the loss then
+            takes soft targets (label_smoothing folded in) and train/acc1 counts the dominant label of each mix.
+        layer_decay: layer-wise lr decay for fine-tuning (BEiT / MAE, e.g. 0.65-0.75): a parameter of layer l gets
+            lr * layer_decay ** (depth + 1 - l), with the embeddings layer 0, block i layer i + 1 and the final norm
+            and head layer depth + 1. head_lr / pos_embed_lr, when set, are the lr of those parameters as given (they
+            take precedence over the decay). null: off.
     """
 
     def __init__(
@@ -88,6 +98,8 @@ class ImageClassifier(L.LightningModule):
         momentum: float = 0.9,
         head_lr: float | None = None,
         pos_embed_lr: float | None = None,
+        mixup: Mixup | None = None,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
@@ -100,6 +112,16 @@ class ImageClassifier(L.LightningModule):
                 raise ConfigError(
                     f"{name} must be a learning rate >= 0, got {value}; e.g. --model.init_args.{name}=1e-3"
                 )
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ConfigError(
+                f"layer_decay must be in (0, 1] (1: no decay; BEiT / MAE fine-tuning 0.65-0.75), got {layer_decay}; "
+                "set --model.init_args.layer_decay or null"
+            )
+        if layer_decay is not None:
+            layer_decay_lrs(backbone, 1.0, layer_decay)  # a backbone without `blocks` fails here, before training
+        mixup = as_mixup(mixup)  # a dict when read back from a checkpoint's hyperparameters
+        self.hparams["mixup"] = None if mixup is None else asdict(mixup)
+        self.mixer: BatchMixer | None = None
         if optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
         for name, value, part in (("head_lr", head_lr, "head"), ("pos_embed_lr", pos_embed_lr, "pos_embed")):
@@ -117,6 +139,8 @@ class ImageClassifier(L.LightningModule):
         if getattr(self.backbone, "num_classes", None) != num_classes:
             self.backbone.reset_classifier(num_classes)
         self.hparams["num_classes"], self.hparams["class_names"] = num_classes, class_names
+        if self.hparams.get("mixup") is not None:
+            self.mixer = BatchMixer(Mixup(**self.hparams.mixup), num_classes, self.hparams.label_smoothing)
         k5 = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -125,6 +149,8 @@ class ImageClassifier(L.LightningModule):
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=k5, average="micro")
 
     def setup(self, stage: str) -> None:
+        # the seed of the batch mixing: seed_everything's, which a resumed run sets again
+        self._mix_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "num_classes"):
             if self.hparams.get("num_classes") is None:
@@ -169,9 +195,15 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.train_acc1(logits, y)
+        if self.mixer is not None:
+            x, soft = self.mixer(x, y, step_seed(self._mix_seed, self.global_step, self.global_rank))
+            logits = self(x)
+            loss = F.cross_entropy(logits, soft)  # soft targets: label smoothing is already in them
+            self.train_acc1(logits, soft.argmax(dim=-1))  # against the dominant label of each mixed image
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+            self.train_acc1(logits, y)
         # no prog_bar: Lightning turns every progress-bar value into a Python number each step (a host-device sync)
         self.log("train/loss", loss)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
@@ -202,6 +234,9 @@ class ImageClassifier(L.LightningModule):
         fused = self.device.type in ("cuda", "cpu")  # one kernel for all parameters (on CPU ~5x faster than foreach)
         groups = param_groups(self.backbone, hp.weight_decay)
         own_lr = {}  # id(parameter) -> its peak lr, where it differs from hp.lr
+        if hp.get("layer_decay") is not None:  # first, so that head_lr / pos_embed_lr take precedence
+            decayed = layer_decay_lrs(self.backbone, hp.lr, hp.layer_decay)
+            own_lr.update({k: v for k, v in decayed.items() if v != hp.lr})
         if hp.get("head_lr") is not None:
             own_lr.update({id(p): hp.head_lr for p in self.backbone.head.parameters()})
         if hp.get("pos_embed_lr") is not None:
