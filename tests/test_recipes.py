@@ -289,3 +289,20 @@ def test_ema_resumed_mid_epoch_equals_the_uninterrupted_run(tmp_path):
     assert not torch.equal(
         mid["state_dict"]["backbone.head.weight"], mid["current_model_state"]["backbone.head.weight"]
     )
+
+
+def test_fewshot_and_other_evaluations_find_the_averaged_module_while_ema_is_on():
+    from torch.optim.swa_utils import AveragedModel
+
+    from lit_vit.callbacks.ema import averaged_module
+
+    model = ImageClassifier(VisionTransformer(**TINY_VIT["init_args"]), num_classes=10)
+    ema = EMA(decay=0.5)
+    trainer = SimpleNamespace(callbacks=[ema])
+    assert averaged_module(trainer, model) is model  # no average yet (outside fit)
+    ema._average_model = AveragedModel(model)
+    with torch.no_grad():
+        model.backbone.head.weight.add_(1.0)
+    found = averaged_module(trainer, model)
+    assert found is ema._average_model.module
+    assert not torch.equal(found.backbone.head.weight, model.backbone.head.weight)

@@ -14,7 +14,7 @@ its device. A resumed fit's average is restored there too, from the checkpoint s
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from torch.optim.swa_utils import AveragedModel
 
 from lit_vit.errors import ConfigError
@@ -73,3 +73,12 @@ class EMA(EMAWeightAveraging):
         if self._checkpoint is not None:
             super().on_load_checkpoint(trainer, pl_module, self._checkpoint)  # average <- state_dict, module <- current
             self._checkpoint = None
+
+
+def averaged_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
+    """The module to evaluate: the averaged copy while a weight-averaging callback (EMA) keeps one, else pl_module."""
+    for callback in getattr(trainer, "callbacks", ()):
+        average = getattr(callback, "_average_model", None)
+        if isinstance(callback, WeightAveraging) and average is not None:
+            return average.module
+    return pl_module

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
+from lit_vit.callbacks.ema import averaged_module
 from lit_vit.errors import ConfigError
 
 # L2 strengths as multiples of the mean squared norm of the centred k-shot features: 1e-6 ... 1e2, half decades
@@ -110,8 +111,9 @@ class FewShotEval(Callback):
     `fewshot/<k>shot` (a fraction, like val/acc1) to the run's loggers at the end of fit and every `every_n_epochs`.
 
     The k-shot sets come from the DataModule's train split read with its evaluation transform (no augmentation); the
-    score is top-1 on its validation split. Under multi-process training rank 0 computes and logs on its own (the
-    backbone's own forward, outside the DDP wrapper, so no collective runs) while the other ranks wait at a barrier.
+    score is top-1 on its validation split; with an EMA callback, of the averaged weights. Under multi-process
+    training rank 0 computes and logs on its own (the backbone's own forward, outside the DDP wrapper, so no
+    collective runs) while the other ranks wait at a barrier.
 
     Args:
         shots: the k values (images per class); each needs that many train images of every class.
@@ -173,7 +175,7 @@ class FewShotEval(Callback):
         needed = torch.unique(draws)  # features only for the images some draw uses
         row_of = torch.full((len(targets),), -1, dtype=torch.long)
         row_of[needed] = torch.arange(len(needed))
-        backbone, device = pl_module.backbone, pl_module.device
+        backbone, device = averaged_module(trainer, pl_module).backbone, pl_module.device  # EMA weights if on
         was_training = backbone.training
         backbone.eval()
         try:
