@@ -1,0 +1,107 @@
+"""timm hybrid ViT checkpoints (vision_transformer_hybrid.py) and lit_vit checkpoints -> lit_vit HybridViT.
+
+Our parameter names are timm's (`patch_embed.backbone.stem.conv`, `patch_embed.backbone.stages.{i}.blocks.{j}.*`,
+`patch_embed.proj`, `cls_token`, `blocks.*`, `norm`, `head`; the stem-only R-Ti keeps its stem directly under
+`patch_embed.backbone`), except the 1-D position table: timm's `pos_embed` is our `pos_embed.pos_embed`, resampled
+to the model's token grid when the image size differs (bicubic, antialiased, float32, class row kept, as timm).
+"""
+
+import re
+from pathlib import Path
+
+import torch
+
+from lit_vit.errors import ConfigError
+from lit_vit.models.hybrid import HYBRID_VARIANTS, HybridViT
+from lit_vit.models.layers import resample_grid
+from lit_vit.models.vit import VIT_VARIANTS
+from lit_vit.models.weights.io import describe_mismatch, load_state_dict
+from lit_vit.models.weights.vit import vit_from_timm
+
+HEAD_KEYS = ("head.weight", "head.bias")
+POS_KEY = "pos_embed.pos_embed"
+_BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
+
+
+def describe_hybrid(sd: dict[str, torch.Tensor]) -> str:
+    """The architecture a hybrid state dict (our key names) holds, e.g. "R50+ViT-B/16 (layers [3, 4, 9], ...)"."""
+    if "patch_embed.proj.weight" not in sd:
+        return "no hybrid (no patch_embed.proj)"
+    if not any(k.startswith("patch_embed.backbone.") for k in sd):
+        return "a plain ViT (no patch_embed.backbone: its tokens are image patches, not a ResNet feature map)"
+    blocks: dict[int, set[int]] = {}
+    for k in sd:
+        m = _BLOCK.match(k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layers = tuple(len(blocks[i]) for i in sorted(blocks))
+    proj = sd["patch_embed.proj.weight"]
+    dim, patch = proj.shape[0], proj.shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    names = [
+        n
+        for n, v in HYBRID_VARIANTS.items()
+        if (v["layers"], v["patch_size"]) == (layers, patch)
+        and (dim, depth) == (VIT_VARIANTS[v["vit"]]["embed_dim"], VIT_VARIANTS[v["vit"]]["depth"])
+    ]
+    what = f"layers {list(layers)}, patch_size {patch}, embed_dim {dim}, depth {depth}"
+    return f"{names[0]} ({what})" if names else f"a custom hybrid ({what})"
+
+
+def hybrid_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's hybrid VisionTransformer keys -> ours: only the position table is renamed."""
+    return vit_from_timm(sd)
+
+
+def _position_table(sd: dict[str, torch.Tensor], model: HybridViT) -> None:
+    own = model.state_dict().get(POS_KEY)
+    src = sd.get(POS_KEY)
+    if own is None or src is None or src.shape == own.shape or src.shape[-1] != own.shape[-1]:
+        return  # nothing to resample; a width mismatch is reported with the other shape mismatches
+    prefix = model.num_prefix_tokens
+    n_old = src.shape[1] - prefix
+    side = int(round(n_old**0.5))
+    if side * side != n_old:
+        raise ConfigError(
+            f"the checkpoint's position table has {n_old} patch rows, not a square grid, and the model's grid is "
+            f"{model.grid}; build the model at the checkpoint's image size"
+        )
+    sd[POS_KEY] = torch.cat([src[:, :prefix], resample_grid(src[:, prefix:], (side, side), model.grid)], dim=1)
+
+
+def load_hybrid_weights(model: HybridViT, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
+    """Load timm hybrid or lit_vit (state dict or Lightning checkpoint) weights into `model`: safe loading, strict
+    keys and shapes, the position table resampled to the model's grid; the head only when `load_head` and its shape
+    matches (fine-tuning attaches a new head). Returns {"skipped": [...]}: the keys deliberately not loaded."""
+    sd = load_state_dict(path)
+    if any(k.startswith("backbone.") for k in sd):  # a Lightning checkpoint of ImageClassifier
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    elif "pos_embed" in sd:
+        sd = hybrid_from_timm(sd)
+    own = model.state_dict()
+    if not any(k.startswith("patch_embed.backbone.") for k in sd):
+        raise ConfigError(
+            f"{path} holds {describe_hybrid(sd)}, not a hybrid ViT; load it into lit_vit.models.VisionTransformer, "
+            "or give a timm hybrid checkpoint (vit_base_r50_s16_224, ...)"
+        )
+    _position_table(sd, model)
+    skipped = []
+    for k in HEAD_KEYS:
+        if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
+            skipped.append(k)
+            sd.pop(k)
+    missing = [k for k in own if k not in sd and k not in HEAD_KEYS]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        msg = describe_mismatch(missing, unexpected, f"this hybrid ({describe_hybrid(own)})")
+        if shapes:
+            msg += f"; shape mismatches ({len(shapes)}): " + ", ".join(shapes[:6])
+        raise ConfigError(
+            f"{msg}. {path} holds {describe_hybrid(sd)}: build the model with that variant (or layers, widths, "
+            "patch_size, embed_dim, depth, pool, class_token and pos_embed of the checkpoint's model)"
+        )
+    model.load_state_dict(sd, strict=False)  # strictness checked above, with the deliberately skipped head
+    return {"skipped": skipped}

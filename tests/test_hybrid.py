@@ -1,0 +1,226 @@
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer_hybrid import checkpoint_filter_fn
+
+from lit_vit.errors import ConfigError
+from lit_vit.models import HybridViT, VisionTransformer
+from lit_vit.models.weights.hybrid import load_hybrid_weights
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# The issue's counts are timm's default models: vit_base_r50_s16_224's default weights tag (orig_in21k) has no head,
+# so its 97,890,112 is the headless model; the others carry a 1000-class head.
+@pytest.mark.parametrize(
+    "variant, timm_name, num_classes, expected",
+    [
+        ("R50+ViT-B/16", "vit_base_r50_s16_224", 0, 97_890_112),
+        ("R50+ViT-B/16", "vit_base_r50_s16_224", 1000, 97_890_112 + 768 * 1000 + 1000),
+        ("R26+ViT-S/32", "vit_small_r26_s32_224", 1000, 36_431_912),
+        ("R-Ti/16", "vit_tiny_r_s16_p8_224", 1000, 6_337_704),
+        ("R50+ViT-L/32", "vit_large_r50_s32_224", 1000, 328_994_856),
+    ],
+)
+def test_parameter_counts_equal_the_stated_numbers_and_timm(variant, timm_name, num_classes, expected):
+    with torch.device("meta"):
+        ours = HybridViT(variant, num_classes=num_classes)
+        by_timm_name = HybridViT(timm_name, num_classes=num_classes)
+        ref = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    assert n_params(ours) == n_params(by_timm_name) == expected
+    assert n_params(ref) == expected
+
+
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights far from init, so that attention is peaked and every path matters (norm gains around 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif name.endswith("qkv.weight"):
+                p.copy_(noise * 2 / p.shape[1] ** 0.5)  # large q / k: peaked attention
+            elif "pos_embed" in name or "cls_token" in name:
+                p.copy_(noise)  # tokens that differ by position
+            else:
+                p.copy_(noise * 0.5 / max(p[0].numel(), 1) ** 0.5 if p.ndim > 1 else 0.1 * noise)
+    return model
+
+
+# the big two run at 128 px (same weights, a smaller token grid) to keep the test fast on a CPU
+@pytest.mark.parametrize(
+    "timm_name, size",
+    [
+        ("vit_tiny_r_s16_p8_224", 224),
+        ("vit_small_r26_s32_224", 224),
+        ("vit_base_r50_s16_224", 128),
+        ("vit_large_r50_s32_224", 128),
+    ],
+)
+def test_outputs_equal_timm_for_the_same_random_weights(tmp_path, timm_name, size):
+    torch.manual_seed(0)
+    ref = randomise(timm.create_model(timm_name, pretrained=False, num_classes=10, img_size=size)).eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    ours = HybridViT(timm_name, num_classes=10, img_size=size).eval()
+    assert load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True) == {"skipped": []}
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+        attn = ours.attention_maps(x)[-1]
+    assert attn.amax(-1).mean() > 5 / attn.shape[-1]  # far from uniform: parity is not trivially met
+    assert expected.std() > 0.1
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_small_custom_hybrid_equals_timm_with_both_paddings_and_odd_sizes(tmp_path, padding):
+    # 40 px is not a power of two: 'same' pads asymmetrically in the stem and the strided 3x3 convs
+    from functools import partial
+
+    from timm.layers import GroupNormAct, HybridEmbed, StdConv2d, StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2
+
+    conv = partial(StdConv2dSame if padding == "same" else StdConv2d, eps=1e-8)
+    cnn = ResNetV2(
+        layers=(1, 2), channels=(32, 64), num_classes=0, global_pool="", in_chans=2, preact=False, stem_chs=16,
+        stem_type="same" if padding == "same" else "", conv_layer=conv, norm_layer=partial(GroupNormAct, num_groups=4),
+    )  # fmt: skip
+    ref = timm.models.vision_transformer.VisionTransformer(
+        img_size=40, patch_size=1, in_chans=2, num_classes=5, embed_dim=32, depth=2, num_heads=4, global_pool="avg",
+        embed_layer=partial(HybridEmbed, backbone=cnn),
+    )  # fmt: skip
+    randomise(ref).eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    ours = HybridViT(
+        img_size=40, in_chans=2, num_classes=5, layers=[1, 2], widths=[32, 64], stem_width=16, num_groups=4,
+        padding=padding, embed_dim=32, depth=2, num_heads=4, pool="gap",
+    ).eval()  # fmt: skip
+    load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True)
+    x = torch.randn(3, 2, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert ours.grid == (5, 5) and ours.patch_embed.patch_size == (8, 8)
+
+
+def test_weights_of_224_loaded_at_384_equal_timm_resampling(tmp_path):
+    torch.manual_seed(0)
+    ref224 = randomise(timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, num_classes=10))
+    torch.save(ref224.state_dict(), tmp_path / "timm224.pth")
+    ref384 = timm.create_model("vit_tiny_r_s16_p8_384", pretrained=False, num_classes=10).eval()
+    ref384.load_state_dict(checkpoint_filter_fn(ref224.state_dict(), ref384))  # timm's own table resampling
+    ours = HybridViT("R-Ti/16", img_size=384, num_classes=10).eval()
+    load_hybrid_weights(ours, tmp_path / "timm224.pth", load_head=True)
+    assert ours.pos_embed.pos_embed.shape == ref384.pos_embed.shape == (1, 1 + 12 * 12, 192)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref384(x), atol=1e-5, rtol=1e-5)
+
+
+def test_timm_384_name_builds_the_384_model_and_equals_timm(tmp_path):
+    ref = randomise(timm.create_model("vit_small_r26_s32_384", pretrained=False, num_classes=10)).eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    ours = HybridViT("vit_small_r26_s32_384", num_classes=10).eval()
+    assert ours.img_size == (384, 384) and ours.grid == (12, 12)
+    load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def tiny(**kw) -> HybridViT:
+    args = dict(img_size=16, in_chans=1, num_classes=10, layers=[1], widths=[64], stem_width=32, num_groups=8)
+    return HybridViT(**(args | dict(embed_dim=32, depth=2, num_heads=4) | kw))
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "learned_1d", "learned_2d", "sincos_2d", "relative"])
+@pytest.mark.parametrize("pool", ["cls", "gap", "map"])
+def test_every_pos_embed_and_pool_of_the_vit_works_and_gets_gradients(pos_embed, pool):
+    model = tiny(pos_embed=pos_embed, pool=pool)
+    assert isinstance(model, VisionTransformer) and model.grid == (4, 4)
+    model(torch.randn(3, 1, 16, 16)).logsumexp(-1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_stride_and_grid_follow_the_stage_count_and_patch_size():
+    assert tiny(layers=[], patch_size=1).grid == (4, 4)  # stem alone: stride 4
+    assert tiny(layers=[1, 1], widths=[64, 64], img_size=32).grid == (4, 4)  # two stages: stride 8
+    model = tiny(layers=[], patch_size=2, img_size=32)
+    assert model.patch_embed.patch_size == (8, 8) and model.grid == (4, 4)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(variant="R101+ViT-H/14"), r"unknown hybrid variant 'R101\+ViT-H/14'.*R50\+ViT-B/16.*r50_s16_224"),
+        (dict(padding="valid"), "unknown padding 'valid'; choose one of same, symmetric"),
+        (dict(num_groups=32), "GroupNorm with 32 groups needs a channel count divisible by it, got 16"),
+        (dict(layers=[1, 1], widths=[64]), "2 stages .* only 1 stage widths"),
+        (dict(layers=[1, 0], widths=[64, 64]), "every stage needs at least one block"),
+        (dict(img_size=18), "not divisible by the patch size 4x4"),
+        (dict(patch_size=0), "patch_size must be at least 1, got 0"),
+    ],
+)
+def test_bad_configuration_fails_with_a_clear_message(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny(**kwargs)
+
+
+def test_lit_vit_checkpoint_round_trip_and_wrong_layout_is_named(tmp_path):
+    torch.manual_seed(0)
+    src = randomise(tiny()).eval()
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "lit.ckpt")
+    dst = tiny().eval()
+    assert load_hybrid_weights(dst, tmp_path / "lit.ckpt") == {"skipped": ["head.weight", "head.bias"]}
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.forward_features(x), src.forward_features(x))
+    with pytest.raises(ConfigError, match=r"holds a custom hybrid \(layers \[1\].*build the model with that variant"):
+        load_hybrid_weights(tiny(layers=[1, 1], widths=[64, 64]), tmp_path / "lit.ckpt")
+    vit = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=4)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ConfigError, match="holds a plain ViT .* not a hybrid"):
+        load_hybrid_weights(tiny(), tmp_path / "vit.pth")
+
+
+def test_hybrid_trains_from_the_cli_and_writes_attention_artifacts_in_input_pixels(tmp_path):
+    import json
+
+    backbone = {
+        "class_path": "lit_vit.models.HybridViT",
+        "init_args": {"img_size": 16, "in_chans": 1, "layers": [1], "widths": [64], "stem_width": 32,
+                      "num_groups": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+    }  # fmt: skip
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "lit_vit", "fit", "--model=lit_vit.modules.ImageClassifier",
+        f"--model.backbone={json.dumps(backbone)}", "--data=lit_vit.data.DigitsDataModule", "--data.batch_size=16",
+        f"--trainer.default_root_dir={run}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=lit_vit.callbacks.ViTArtifacts", "--trainer.callbacks.num_images=8",
+        "--num_threads=1", "--seed_everything=0",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import numpy as np
+
+    with np.load(run / "artifacts" / "attention_distance.npz") as data:
+        # a 4x4 token grid of stride 4 px: the farthest pair of tokens is 3 * 4 * sqrt(2) px apart
+        assert float(data["max_distance"]) == pytest.approx(12 * 2**0.5)
+        assert data["distance"].shape == (2, 2)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
