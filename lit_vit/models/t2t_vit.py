@@ -267,7 +267,8 @@ class T2TViT(nn.Module):
             block.attn.scale = scale if scale is not None else block.attn.head_dim**-0.5
 
     def load_pretrained(self, path: str) -> None:
-        """Official T2T-ViT weights for ImageClassifier(pretrained=...); the head is loaded only if it fits.
+        """Official T2T-ViT weights, or a lit_vit T2T-ViT checkpoint (.ckpt or state dict, any pos_embed kind and
+        image size), for ImageClassifier(pretrained=...); the head is loaded only if it fits.
 
         The released weights were trained with the default attention scale head_dim ** -0.5 (the official main.py
         builds every model with pretrained=False and no qk_scale), so no scale has to be set.

@@ -63,7 +63,10 @@ class ImageClassifier(L.LightningModule):
         min_lr_ratio: final learning rate of the cosine decay as a fraction of lr.
         label_smoothing: label smoothing of the cross-entropy.
         pretrained: weights file to fine-tune from (timm / torchvision / official / lit_vit layouts, read safely);
-            loaded into the backbone when a fit starts from scratch (not on resume), the head stays new.
+            loaded into the backbone when a fit starts from scratch (not on resume), the head stays new; position
+            embeddings of every kind saved at another image size are resampled to the backbone's img_size.
+        head_init: default (the backbone's own init) or zero: the ViT paper's fine-tuning head, weights and bias
+            zeroed when a fit starts from scratch (not on resume).
         compile: torch.compile the backbone's forward (in place, so checkpoint keys stay the same); the first steps
             are slow while it compiles.
         optimizer: adamw, or sgd (with momentum, e.g. the official T2T-ViT transfer recipe).
@@ -93,6 +96,7 @@ class ImageClassifier(L.LightningModule):
         min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.1,
         pretrained: str | None = None,
+        head_init: str = "default",
         compile: bool = False,
         optimizer: str = "adamw",
         momentum: float = 0.9,
@@ -107,6 +111,11 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["backbone"])
         if not hasattr(backbone, "reset_classifier"):
             raise ConfigError(f"backbone {type(backbone).__name__} has no reset_classifier(num_classes) method")
+        if head_init not in ("default", "zero"):
+            raise ConfigError(
+                f"unknown head_init {head_init!r}; choose default or zero (the paper's zero-initialised fine-tuning "
+                "head), e.g. --model.init_args.head_init=zero"
+            )
         for name, value in (("lr", lr), ("head_lr", head_lr), ("pos_embed_lr", pos_embed_lr)):
             if value is not None and not value >= 0:
                 raise ConfigError(
@@ -171,6 +180,8 @@ class ImageClassifier(L.LightningModule):
             if not hasattr(self.backbone, "load_pretrained"):
                 raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
             self.backbone.load_pretrained(self.hparams.pretrained)
+        if stage == "fit" and self.hparams.get("head_init") == "zero" and self.trainer.ckpt_path is None:
+            self.backbone.reset_classifier(self.hparams.num_classes, zero_init=True)
 
     def _check_input(self, dm) -> None:
         embed = getattr(self.backbone, "patch_embed", None)

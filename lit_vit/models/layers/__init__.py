@@ -3,7 +3,13 @@ from lit_vit.models.layers.drop_path import DropPath
 from lit_vit.models.layers.mlp import Mlp
 from lit_vit.models.layers.patch_embed import PatchEmbed, grid_size, to_2tuple
 from lit_vit.models.layers.pooling import POOL_KINDS, MAPHead, check_pool
-from lit_vit.models.layers.pos_embed import POS_EMBED_KINDS, PosEmbed, build_pos_embed, resample_grid
+from lit_vit.models.layers.pos_embed import (
+    POS_EMBED_KINDS,
+    PosEmbed,
+    build_pos_embed,
+    resample_grid,
+    resample_state_dict,
+)
 
 __all__ = [
     "POOL_KINDS",
@@ -19,5 +25,6 @@ __all__ = [
     "check_pool",
     "grid_size",
     "resample_grid",
+    "resample_state_dict",
     "to_2tuple",
 ]

@@ -4,11 +4,15 @@ Every kind is a module with the same three methods:
 
 - ``forward(x, grid)`` adds absolute position information to ``x = [prefix tokens; grid tokens]``;
 - ``attn_bias(grid)`` returns an additive attention bias (heads x N x N) or ``None``;
-- ``resize(grid)`` permanently resamples learned tables to a new patch grid (fine-tuning at a new resolution).
+- ``resize(grid)`` permanently resamples learned tables to a new patch grid (fine-tuning at a new resolution);
+- ``stored_grid(state)`` tells the patch grid a state dict of the kind was saved at, so that `resample_state_dict`
+  can load weights of any kind saved at one grid into a model built for another (through ``resize``).
 
 A grid that differs from the stored one at forward time is handled by resampling on the fly, so a model trained at
 one size evaluates at another without a separate step.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +54,26 @@ class PosEmbed(nn.Module):
     def resize(self, grid: tuple[int, int]) -> None:
         self.grid = tuple(grid)
 
+    def stored_grid(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """The patch grid a state dict of this kind (keys relative to this module) was saved at; kinds that store
+        nothing grid-shaped fit any grid."""
+        return self.grid
+
     def extra_repr(self) -> str:
         return f"grid={self.grid}, num_prefix={self.num_prefix}"
+
+
+def _table_grid(n: int, grid: tuple[int, int], what: str) -> tuple[int, int]:
+    """The grid of a table with n patch entries: `grid` when it fits, else the square grid of that size."""
+    if n == grid[0] * grid[1]:
+        return tuple(grid)
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ConfigError(
+            f"cannot resample a {what} of {n} patch positions: it is not the model's {grid[0]}x{grid[1]} grid nor a "
+            "square one; build the model at the checkpoint's image size"
+        )
+    return side, side
 
 
 class LearnedPosEmbed1d(PosEmbed):
@@ -74,6 +96,9 @@ class LearnedPosEmbed1d(PosEmbed):
     def resize(self, grid: tuple[int, int]) -> None:
         self.pos_embed = nn.Parameter(self.table(grid).detach())
         super().resize(grid)
+
+    def stored_grid(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return _table_grid(state["pos_embed"].shape[1] - self.num_prefix, self.grid, "position table")
 
 
 class LearnedPosEmbed2d(PosEmbed):
@@ -112,6 +137,9 @@ class LearnedPosEmbed2d(PosEmbed):
         self.pos_embed_x = nn.Parameter(self._resample_axis(self.pos_embed_x.detach(), grid[1]))
         self.pos_embed_y = nn.Parameter(self._resample_axis(self.pos_embed_y.detach(), grid[0]))
         super().resize(grid)
+
+    def stored_grid(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return state["pos_embed_y"].shape[0], state["pos_embed_x"].shape[0]
 
 
 def sincos_2d_table(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -196,6 +224,18 @@ class RelativePosBias(PosEmbed):
         self.relative_bias_table = nn.Parameter(torch.cat([t, extra], dim=0))
         super().resize(grid)
 
+    def stored_grid(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        n = state["relative_bias_table"].shape[0] - 3 * self.num_prefix  # (2H-1)(2W-1) offsets
+        if n == (2 * self.grid[0] - 1) * (2 * self.grid[1] - 1):
+            return self.grid
+        side = math.isqrt(n)
+        if side * side != n or side % 2 == 0:
+            raise ConfigError(
+                f"cannot resample a relative bias table of {n} offsets: it is not the model's "
+                f"{self.grid[0]}x{self.grid[1]} grid nor a square one; build the model at the checkpoint's image size"
+            )
+        return (side + 1) // 2, (side + 1) // 2
+
 
 def sinusoid_1d_table(n_positions: int, dim: int) -> torch.Tensor:
     """Vaswani et al.'s fixed table (1, n, D): sin on even dims, cos on odd, angle pos / 10000^(2*(j//2)/D).
@@ -235,6 +275,9 @@ class SinCosPosEmbed1d(PosEmbed):
         self.pos_embed = nn.Parameter(self.table(grid).detach(), requires_grad=False)
         super().resize(grid)
 
+    def stored_grid(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return _table_grid(state["pos_embed"].shape[1] - self.num_prefix, self.grid, "position table")
+
 
 _KINDS = {
     "none": PosEmbed,
@@ -252,11 +295,42 @@ def build_pos_embed(kind: str, dim: int, grid: tuple[int, int], num_prefix: int,
     return _KINDS[kind](dim, tuple(grid), num_prefix, num_heads)
 
 
+def resample_state_dict(
+    pos_embed: PosEmbed, state_dict: dict[str, torch.Tensor], prefix: str = "pos_embed."
+) -> dict[str, torch.Tensor]:
+    """`state_dict` with its `prefix` entries, saved by the same kind at another grid, resampled to `pos_embed`'s grid.
+
+    The one place where weights change resolution: the entries are loaded into a copy of the kind built at the grid
+    they were saved at, which then `resize`s itself (learned tables in 2-D, the relative bias table over offsets;
+    fixed sin-cos tables store nothing and are regenerated). Entries of another kind (other keys) are returned
+    as they are, for the caller's strict key check to report.
+    """
+    state = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    if set(state) != set(pos_embed.state_dict()) or not state:
+        return state_dict
+    old = tuple(pos_embed.stored_grid(state))
+    if old == tuple(pos_embed.grid):
+        return state_dict
+    source = type(pos_embed)(pos_embed.dim, old, pos_embed.num_prefix, pos_embed.num_heads)
+    try:
+        source.load_state_dict(state)
+    except RuntimeError as err:  # a width or head count that differs: the shapes say which
+        raise ConfigError(
+            f"the checkpoint's position embedding does not fit this model's {type(pos_embed).__name__} "
+            f"(dim {pos_embed.dim}, {pos_embed.num_heads} heads): {str(err).splitlines()[-1].strip()}"
+        ) from err
+    source.resize(pos_embed.grid)
+    out = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    out.update({prefix + k: v.detach() for k, v in source.state_dict().items()})
+    return out
+
+
 __all__ = [
     "POS_EMBED_KINDS",
     "PosEmbed",
     "build_pos_embed",
     "resample_grid",
+    "resample_state_dict",
     "sincos_2d_table",
     "sinusoid_1d_table",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import resample_grid
+from lit_vit.models.layers import resample_grid, resample_state_dict
 from lit_vit.models.t2t_vit import T2T_VARIANTS, T2TViT
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 
@@ -43,13 +43,16 @@ def describe_checkpoint(sd: dict[str, torch.Tensor]) -> str:
 
 
 def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, torch.Tensor]:
-    """Rename the position table and resample it to the model's token grid (2-D bicubic, class row kept).
+    """Rename the position table and resample it to the model's token grid (2-D bicubic, class row kept). A lit_vit
+    checkpoint (ImageClassifier .ckpt or a T2TViT state dict, any pos_embed kind) is resampled by its own kind.
 
     The table is interpolated rather than regenerated, as the official code does between 224 and 384 px: the 384-px
     checkpoints were fine-tuned with a table interpolated from the 224 one (it is frozen, so it stays that way), and
     interpolation keeps each patch's code tied to its place in the image. No antialiasing, as the official resize.
     """
     sd = dict(sd)
+    if any(k.startswith("backbone.") for k in sd):  # a lit_vit ImageClassifier .ckpt: its backbone's own keys
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
     if "pos_embed" in sd:
         if "pos_embed.pos_embed" not in model.state_dict():
             raise ConfigError(
@@ -68,7 +71,7 @@ def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, t
             prefix, patches = table[:, : model.num_prefix_tokens], table[:, model.num_prefix_tokens :]
             table = torch.cat([prefix, resample_grid(patches, (side, side), model.grid, antialias=False)], dim=1)
         sd["pos_embed.pos_embed"] = table
-    return sd
+    return resample_state_dict(model.pos_embed, sd)  # lit_vit checkpoints of any kind saved at another grid
 
 
 def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -> list[str]:

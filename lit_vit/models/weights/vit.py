@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import resample_grid
+from lit_vit.models.layers import resample_state_dict
 from lit_vit.models.vit import VisionTransformer
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 
@@ -48,8 +48,8 @@ def _detect(sd: dict[str, torch.Tensor]) -> str:
         return "torchvision"
     if "pos_embed" in sd and "patch_embed.proj.weight" in sd:
         return "timm"
-    if "pos_embed.pos_embed" in sd or any(k.startswith("backbone.") for k in sd):
-        return "lit_vit"
+    if "patch_embed.proj.weight" in sd or any(k.startswith("backbone.") for k in sd):
+        return "lit_vit"  # a bare lit_vit state dict has no `pos_embed` key (learned tables are `pos_embed.<name>`)
     raise ConfigError("unrecognised ViT checkpoint layout: expected timm, torchvision or lit_vit key names")
 
 
@@ -69,15 +69,7 @@ def load_vit_weights(model: VisionTransformer, path: str | Path, load_head: bool
     elif any(k.startswith("backbone.") for k in sd):
         sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
     own = model.state_dict()
-    key = "pos_embed.pos_embed"
-    if key in sd and key in own and sd[key].shape != own[key].shape:
-        prefix = model.num_prefix_tokens
-        src = sd[key]
-        n_old = src.shape[1] - prefix
-        side = int(round(n_old**0.5))
-        if side * side != n_old:
-            raise ConfigError(f"cannot resample a {n_old}-patch position table that is not a square grid")
-        sd[key] = torch.cat([src[:, :prefix], resample_grid(src[:, prefix:], (side, side), model.grid)], dim=1)
+    sd = resample_state_dict(model.pos_embed, sd)  # any kind saved at another grid -> the model's grid
     skipped = []
     for k in ("head.weight", "head.bias"):
         if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
