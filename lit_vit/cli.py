@@ -6,20 +6,25 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 
 import importlib
 import os
+import pickle
+import re
 import signal
 import sys
+import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
-from lit_vit.errors import ConfigError
+from lit_vit.errors import ConfigError, user_message
 
 
 class FitConfigSaver(SaveConfigCallback):
@@ -30,37 +35,167 @@ class FitConfigSaver(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
-def check_checkpoint(path: Path) -> None:
+def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """Load a Lightning checkpoint safely (weights_only=True) or stop with an error that names the file and the fix:
+    missing, empty, truncated, not a checkpoint (e.g. a bare weights file or a pickle of Python objects)."""
+    best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
+    earlier = (
+        f"resume from {best} or an earlier copy of the checkpoint"
+        if best is not None and best.is_file() and best.resolve() != path.resolve()
+        else "use another checkpoint of the run (best.ckpt, last.ckpt) or an earlier copy"
+    )
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt file written by lit_vit")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"checkpoint {path} is empty (0 bytes): it was not written completely; {earlier}")
     if not zipfile.is_zipfile(path):
         raise ConfigError(
-            f"{path} is not a checkpoint (not a file written by torch.save); "
-            "give a .ckpt from <run dir>/checkpoints/, e.g. last.ckpt or best.ckpt"
+            f"{path} is not a readable checkpoint (truncated, or not a file written by torch.save); {earlier}. "
+            "lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt"
         )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(
+            f"{path} holds Python objects other than tensors and plain containers, which lit_vit does not unpickle "
+            f"(weights_only=True: a checkpoint can run code); give a checkpoint written by lit_vit "
+            f"({str(err).splitlines()[0][:120]})"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a damaged archive: reported with the file and the fix
+        raise ConfigError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}): "
+            f"the file is damaged; {earlier}"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(
+            f"{path} is not a Lightning checkpoint (no state_dict / loop state), e.g. a bare weights file: to start "
+            "from its weights use --model.init_args.pretrained <file> (and no --ckpt_path)"
+        )
+    return ckpt
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
-    """'last' / 'best' mean this run's checkpoints; a fresh fit refuses to overwrite a run that has one."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    """'last' / 'best' mean this run's checkpoints. A fit writes only into an empty folder or the run it resumes;
+    validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights."""
+    primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    own = run_dir / "checkpoints"
+    if ckpt_path is None and subcommand != "fit":
+        if not (own / "best.ckpt").is_file():
+            raise ConfigError(
+                f"{subcommand} needs trained weights: no --ckpt_path given and {own / 'best.ckpt'} does not exist. "
+                f"Give --ckpt_path best | last | <file.ckpt> (and --config <run dir>/config.yaml), or check "
+                f"--trainer.default_root_dir (now {run_dir})"
+            )
+        ckpt_path = "best"
+        if primary:
+            print(f"{subcommand}: no --ckpt_path given, using {own / 'best.ckpt'}", file=sys.stderr)
     if ckpt_path in ("last", "best"):
-        path = run_dir / "checkpoints" / f"{ckpt_path}.ckpt"
+        path = own / f"{ckpt_path}.ckpt"
         if not path.is_file():
             raise ConfigError(
                 f"--ckpt_path {ckpt_path}: no checkpoint at {path}. Check --trainer.default_root_dir (now {run_dir}) "
                 "or start a new run without --ckpt_path"
             )
-        return str(path)
-    if ckpt_path is not None:
-        check_checkpoint(Path(ckpt_path))
-        return ckpt_path
-    primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    if subcommand == "fit" and last.is_file() and primary:
+    elif ckpt_path is not None:
+        path = Path(ckpt_path)
+    else:
+        path = None
+    if subcommand == "fit" and primary and _is_nonempty_dir(run_dir):
+        if path is None:
+            held = own / "last.ckpt"
+            what = (
+                f"already holds a run ({held})"
+                if held.is_file()
+                else (f"is not empty ({', '.join(sorted(p.name for p in run_dir.iterdir())[:5])})")
+            )
+            raise ConfigError(
+                f"{run_dir} {what}: a new fit writes only into an empty folder. Resume it with --ckpt_path last, or "
+                f"start a new run with --trainer.default_root_dir <new dir> (or delete {run_dir})"
+            )
+        if path.resolve().parent != own.resolve():
+            raise ConfigError(
+                f"--ckpt_path {path} belongs to another run, and {run_dir} holds a run of its own: resuming would "
+                f"overwrite it. Continue that checkpoint in a new folder with --trainer.default_root_dir <empty dir>, "
+                f"or resume {run_dir}'s own run with --ckpt_path last"
+            )
+    return None if path is None else str(path)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as plain data: Namespaces -> dicts, tuples -> lists, paths -> strings."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    value = _plain(value)
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+# Model options that may differ from the checkpoint's when resuming: they change neither the network nor the
+# optimisation (pretrained is read only when a fit starts from scratch; compile is an execution detail).
+RESUME_MAY_CHANGE = ("model.init_args.compile", "model.init_args.pretrained")
+# Filled in from the data when the user leaves them unset.
+FROM_DATA = ("model.init_args.num_classes", "model.init_args.class_names")
+
+
+def model_differences(user_model: Any, hparams: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, user's value, checkpoint's value) for every model option set differently in the checkpoint's saved
+    hyper-parameters; options the checkpoint does not record (e.g. added in a later lit_vit) are not compared."""
+    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    if "_class_path" not in hparams:
+        return []  # saved by a module built in Python, not by the CLI: nothing to compare against
+    saved = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    mine, theirs = _flatten(user_model, "model"), _flatten(saved, "model")
+    diffs = []
+    for key in sorted(set(mine) & set(theirs)):
+        if key in FROM_DATA and mine[key] is None:
+            continue
+        if mine[key] != theirs[key] and key not in RESUME_MAY_CHANGE:
+            diffs.append((key, mine[key], theirs[key]))
+    # a different backbone class: its options are not comparable, the class path says it all
+    for key in [k for k, _, _ in diffs if k.endswith("class_path")]:
+        diffs = [d for d in diffs if d[0] == key or not d[0].startswith(key.removesuffix("class_path"))]
+    return diffs
+
+
+def check_training_length(trainer_cfg: Any) -> None:
+    """The warm-up + cosine schedule needs a finite number of steps: refuse infinite or empty fits up front."""
+    epochs, steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
+    if steps is not None and steps < -1:
+        raise ConfigError(f"--trainer.max_steps must be -1 (no limit) or 1 or more, got {steps}")
+    if steps == 0:
+        raise ConfigError("--trainer.max_steps 0 trains nothing; give 1 or more (or -1 for no step limit)")
+    if epochs is not None and (epochs < -1 or epochs == 0):
         raise ConfigError(
-            f"{run_dir} already holds a run ({last}). Resume it with --ckpt_path last, or start a new run with "
-            f"--trainer.default_root_dir <new dir> (or delete {run_dir})"
+            f"--trainer.max_epochs must be 1 or more (or -1 for no epoch limit together with --trainer.max_steps), "
+            f"got {epochs}"
         )
-    return None
+    if epochs == -1 and steps in (None, -1):
+        raise ConfigError(
+            "--trainer.max_epochs -1 (no limit) without --trainer.max_steps has no end, and the learning-rate "
+            "schedule (warm-up + cosine) needs one: set --trainer.max_epochs N or --trainer.max_steps N"
+        )
+
+
+RESUME_HELP = (
+    "Resuming with --ckpt_path last | best | <file.ckpt>: the model options (architecture, optimiser, schedule, "
+    "loss) must equal the checkpoint's, or lit_vit stops and lists the differing keys; trainer options (max_epochs, "
+    "max_steps, devices, precision, callbacks, logging), data loading and model.init_args.compile / pretrained may "
+    "change. validate / test / predict without --ckpt_path use <default_root_dir>/checkpoints/best.ckpt and write "
+    "their metrics to <default_root_dir>/evaluations/, never to the training metrics.csv."
+)
 
 
 class LitViTCLI(LightningCLI):
@@ -76,6 +211,7 @@ class LitViTCLI(LightningCLI):
             save_config_callback=FitConfigSaver,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs/default", "log_every_n_steps": 10},
+            parser_kwargs={name: {"epilog": RESUME_HELP} for name in ("fit", "validate", "test", "predict")},
             args=args,
             run=run,
         )
@@ -115,29 +251,61 @@ class LitViTCLI(LightningCLI):
         return Path(self.config[self.config.subcommand].trainer.default_root_dir or "runs/default")
 
     def _parse_ckpt_path(self) -> None:
-        # Resolve 'last' / 'best' to this run's files and check them before Lightning reads the checkpoint's
-        # hyperparameters into the config (so `predict --ckpt_path best` rebuilds the trained model).
+        # Resolve 'last' / 'best' (and the default best.ckpt of validate / test / predict), guard the run folder and
+        # read the checkpoint safely before Lightning merges its hyper-parameters into the config. That merge would
+        # silently replace the user's model options by the checkpoint's, so they are compared first: a difference is
+        # an error (RESUME_MAY_CHANGE excepted, and those keep the user's values).
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
-        if cfg is not None and "ckpt_path" in cfg and cfg.get("ablation") is None:
-            cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
+        if cfg is None or "ckpt_path" not in cfg or cfg.get("ablation") is not None:
+            return super()._parse_ckpt_path()
+        cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
+        if cfg.ckpt_path is None:
+            return super()._parse_ckpt_path()
+        ckpt = read_checkpoint(Path(cfg.ckpt_path), self.run_dir)
+        diffs = model_differences(cfg.model, dict(ckpt.get("hyper_parameters") or {}))
+        del ckpt
+        if diffs:
+            listed = "; ".join(f"{k}: {v!r} here, {c!r} in the checkpoint" for k, v, c in diffs[:6])
+            more = f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else ""
+            raise ConfigError(
+                f"{subcommand} --ckpt_path {cfg.ckpt_path}: the model config differs from the checkpoint's: {listed}"
+                f"{more}. Use the run's own config (--config <run dir>/config.yaml), or start a new run in a new "
+                "folder without --ckpt_path (e.g. with --model.init_args.pretrained for the weights)"
+            )
+        keep = {k: v for k, v in _flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
         super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[subcommand][key] = value
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
-        if cfg.get("num_threads"):
-            torch.set_num_threads(cfg.num_threads)
+        threads = cfg.get("num_threads")
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(
+                    f"--num_threads must be 1 or more, got {threads}; e.g. --num_threads 1 (or leave it unset for "
+                    "PyTorch's choice)"
+                )
+            torch.set_num_threads(threads)
         if self.subcommand != "fit" and cfg.get("ablation") is not None:
             raise ConfigError(
                 f"{self.subcommand} does not run ablation sweeps; give the config of one run instead: "
                 "--config <sweep dir>/<variant>/seed=<n>/config.yaml"
+            )
+        if self.subcommand == "fit":
+            check_training_length(cfg.trainer)
+        if cfg.get("checkpoint_every_n_steps") is not None and cfg.checkpoint_every_n_steps < 0:
+            raise ConfigError(
+                f"--checkpoint_every_n_steps must be 0 (only at validation and epoch ends) or more, got "
+                f"{cfg.checkpoint_every_n_steps}"
             )
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg = self.config_init[self.subcommand]
         trainer_cfg = cfg.trainer
         root = self.run_dir
-        if trainer_cfg.get("logger") in (None, True):
+        if self.subcommand == "fit" and trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = RunLogger(str(root))
         callbacks = list(trainer_cfg.get("callbacks") or [])
         if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
@@ -149,6 +317,11 @@ class LitViTCLI(LightningCLI):
                 ),
                 LastCheckpoint(root / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps),
             ]  # fmt: skip
+        if self.subcommand != "fit" and trainer_cfg.get("logger") in (None, True):
+            # evaluations never touch the training metrics.csv: one folder per evaluation, beside it
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = f"{self.subcommand}-{Path(cfg.ckpt_path).stem}-{stamp}"
+            kwargs["logger"] = CSVLogger(str(root / "evaluations"), name="", version=name)
         if self.subcommand == "predict":
             callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
         kwargs["callbacks"] = callbacks + self.extra_callbacks
@@ -171,9 +344,27 @@ class LitViTCLI(LightningCLI):
 EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main", "plot": "lit_vit.ablation.plots:main"}
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def check_negative_numbers(argv: list[str]) -> None:
+    """argparse reads `--opt -1e-3` as two options ("expected one argument"): say how to write it."""
+    for opt, value in zip(argv, argv[1:]):
+        if (
+            opt.startswith("--")
+            and "=" not in opt
+            and _NEGATIVE_NUMBER.match(value)
+            and not value.lstrip("-").isdigit()
+        ):
+            raise ConfigError(
+                f"{opt} {value}: a negative number in this form is read as an option; write {opt}={value}"
+            )
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
+        check_negative_numbers(argv)
         if argv and argv[0] in EXTRA_COMMANDS:
             module, func = EXTRA_COMMANDS[argv[0]].split(":")
             getattr(importlib.import_module(module), func)(argv[1:])
@@ -188,11 +379,13 @@ def main(args: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(128 + signal.SIGTERM)  # what a shell reports for a process ended by SIGTERM
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, MisconfigurationException) as err:
         config_error = _config_error(err)
+        if config_error is None and isinstance(err, MisconfigurationException):
+            config_error = err  # Lightning's own check of a trainer option: its message names the option
         if config_error is None:
             raise
-        print(f"error: {config_error}", file=sys.stderr)
+        print(f"error: {user_message(config_error)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -116,7 +116,7 @@ def test_a_file_that_is_not_a_checkpoint_fails(tmp_path, capsys):
     bogus = tmp_path / "notes.ckpt"
     bogus.write_text("hello")
     err = fail(capsys, tiny_fit_args(tmp_path / "run", f"--ckpt_path={bogus}"))
-    assert "is not a checkpoint" in err
+    assert "is not a readable checkpoint" in err
 
 
 def test_image_size_not_divisible_by_patch_fails_before_training(tmp_path, capsys):

@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from lit_vit.errors import BadImageError
+
 
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; this one keeps it and appends (resumed runs)."""
@@ -104,11 +106,12 @@ class LastCheckpoint(Callback):
         self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # in a multi-process run the other ranks may be gone: rely on the periodic checkpoint there
+        # in a multi-process run the other ranks may be gone: rely on the periodic checkpoint there. A bad image stops
+        # the run before its batch reaches the model, so the state is consistent and the resumed run retries that batch.
         if (
             trainer.state.fn == "fit"
             and trainer.world_size == 1
-            and isinstance(exception, KeyboardInterrupt | SystemExit)
+            and isinstance(exception, KeyboardInterrupt | SystemExit | BadImageError)
         ):
             self._save(trainer)
 

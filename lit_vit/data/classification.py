@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_vit.data.augment import AugmentPolicy, as_policy, build_train_transform
@@ -37,7 +38,9 @@ class ImageDataModule(L.LightningDataModule):
         hflip: random horizontal flip in training.
         rrc_scale: area range of RandomResizedCrop.
         pad: padding in pixels for pad_crop.
-        crop_pct: evaluation centre-crop fraction (1.0: plain resize).
+        crop_pct: evaluation centre-crop fraction (resize the shorter side to size / crop_pct, then centre crop; 1.0:
+            plain resize). Default: 0.875 with augment rrc (ImageNet convention), 1.0 with pad_crop / none, which never
+            rescale in training: a crop there would show validation objects 14% larger than training did.
         mean: per-channel normalisation mean in [0, 1] (default: the dataset's own).
         std: per-channel normalisation std in [0, 1] (default: the dataset's own).
         seed: seed of the shuffling order and the augmentations (independent of the model's init seed).
@@ -62,7 +65,7 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = True,
         rrc_scale: tuple[float, float] = (0.08, 1.0),
         pad: int = 4,
-        crop_pct: float = 1.0,
+        crop_pct: float | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         seed: int = 0,
@@ -74,8 +77,15 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         self.root = Path(root)
         self.img_size = to_2tuple(img_size)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}; e.g. 0.875 (rrc) or 1.0 (plain resize)")
+        if crop_pct is None:  # the eval resize follows the training augmentation
+            crop_pct = 0.875 if augment == "rrc" else 1.0
         self.augment, self.hflip, self.rrc_scale, self.pad, self.crop_pct = augment, hflip, rrc_scale, pad, crop_pct
         self.mean, self.std, self.seed = mean, std, seed
         self.predict_path = predict_path
@@ -130,7 +140,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"predict_path {missing or self.predict_path} holds no images; "
                 "give existing image files or folders (jpg, png, ...)"
             )
-        return FileDataset(paths, range(len(paths)), self.transforms(train=False), self.in_chans)
+        return FileDataset(paths, range(len(paths)), self.transforms(train=False), self.in_chans, on_bad_image="report")
 
     @property
     def predict_paths(self) -> list[str]:
@@ -333,7 +343,7 @@ class CIFARDataModule(ImageDataModule):
         hflip: bool = True,
         rrc_scale: tuple[float, float] = (0.08, 1.0),
         pad: int = 4,
-        crop_pct: float = 1.0,
+        crop_pct: float | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         seed: int = 0,
@@ -416,6 +426,8 @@ class ImageFolderDataModule(ImageDataModule):
         val_dir: name of the validation split folder.
         test_dir: name of the test split folder (falls back to val_dir when absent).
         channels: 3 (RGB) or 1 (grey).
+        on_bad_image: an image file that cannot be decoded: error (stop with a message naming it; a fit saves
+            last.ckpt first) or skip (opt-in: warn once per file with a running count and train on without it).
     """
 
     def __init__(
@@ -425,6 +437,7 @@ class ImageFolderDataModule(ImageDataModule):
         val_dir: str = "val",
         test_dir: str = "test",
         channels: int = 3,
+        on_bad_image: str = "error",
         img_size: int | tuple[int, int] = 224,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
@@ -435,7 +448,7 @@ class ImageFolderDataModule(ImageDataModule):
         hflip: bool = True,
         rrc_scale: tuple[float, float] = (0.08, 1.0),
         pad: int = 4,
-        crop_pct: float = 0.875,
+        crop_pct: float | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         seed: int = 0,
@@ -448,6 +461,9 @@ class ImageFolderDataModule(ImageDataModule):
         )  # fmt: skip
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"on_bad_image must be error or skip, got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels = channels
         if channels == 1 and mean is None:
@@ -483,12 +499,20 @@ class ImageFolderDataModule(ImageDataModule):
         unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in index)
         if unknown:
             raise ConfigError(f"{folder} has class folders not in the training split: {unknown[:5]}")
-        paths, targets = [], []
+        paths, targets, empty = [], [], []
         for name in self.class_names:
-            if (folder / name).is_dir():
-                files = list_images(folder / name)
-                paths += files
-                targets += [index[name]] * len(files)
+            files = list_images(folder / name) if (folder / name).is_dir() else []
+            if not files:
+                empty.append(name)
+            paths += files
+            targets += [index[name]] * len(files)
         if not paths:
             raise ConfigError(f"no images found under {folder}/<class>/ (extensions: jpg, png, ...)")
-        return FileDataset(paths, targets, transform, self.channels)
+        if empty and split == "train":
+            raise ConfigError(
+                f"{len(empty)} class folder(s) of {folder} hold no images: {', '.join(empty[:5])}; a class without "
+                "training images cannot be learned: add images or remove the folder(s)"
+            )
+        if empty:
+            rank_zero_warn(f"{split} split {folder} has no images for {len(empty)} class(es): {', '.join(empty[:5])}")
+        return FileDataset(paths, targets, transform, self.channels, on_bad_image=self.on_bad_image)

@@ -1,6 +1,7 @@
 """Map-style datasets that return (CHW float tensor, int target), with per-sample seeded augmentation."""
 
 import pickle
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from lit_vit.errors import BadImageError, ConfigError
+
+BAD_IMAGE_POLICIES = ("error", "skip", "report")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -54,21 +59,75 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             array = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as err:
-        raise RuntimeError(f"cannot read image {path}: {err}; remove or replace the file") from err
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+        raise BadImageError.for_file(str(path), reason) from err
     return array[..., None] if array.ndim == 2 else array
 
 
 class FileDataset(ClassificationDataset):
-    """Images read from files on demand (ImageFolder trees, predict inputs)."""
+    """Images read from files on demand (ImageFolder trees, predict inputs).
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: A.Compose, channels: int = 3) -> None:
+    `on_bad_image` says what a file that cannot be decoded does: `error` stops with a BadImageError naming it;
+    `skip` (opt-in) warns once per file on stderr, with a running count, and uses the next readable file in its place
+    (deterministically); `report` (predict) returns a zero image with target -(index + 1), so the caller can list the
+    file and write every good row.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        transform: A.Compose,
+        channels: int = 3,
+        on_bad_image: str = "error",
+    ) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ConfigError(f"unknown on_bad_image {on_bad_image!r}; choose one of {', '.join(BAD_IMAGE_POLICIES)}")
         super().__init__(targets, transform)
         self.paths = list(paths)
         self.channels = channels
+        self.on_bad_image = on_bad_image
+        self.bad_paths: set[str] = set()  # seen by this process (each DataLoader worker has its own)
 
     def load(self, index: int) -> np.ndarray:
         return read_image(self.paths[index], self.channels)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if self.on_bad_image == "error":
+            try:
+                return super().__getitem__(item)
+            except BadImageError as err:
+                fix = (
+                    "remove or replace the file (a fit saved last.ckpt before stopping: resume with --ckpt_path last), "
+                    "or set --data.init_args.on_bad_image skip to train on without it"
+                )
+                raise BadImageError.for_file(err.path, err.reason, fix) from err
+        for step in range(len(self.paths)):
+            i = (index + step) % len(self.paths)
+            try:
+                image = self.load(i)
+            except BadImageError as err:
+                if self.on_bad_image == "report":
+                    blank = np.zeros((*self.transform_size(), self.channels), np.uint8)
+                    return self.transform(image=blank)["image"], -(index + 1)
+                if err.path not in self.bad_paths:
+                    self.bad_paths.add(err.path)
+                    print(
+                        f"warning: skipping unreadable image {err.path} ({len(self.bad_paths)} skipped so far in this "
+                        "process; on_bad_image: skip)",
+                        file=sys.stderr,
+                    )
+                continue
+            if seed is not None:
+                self.transform.set_random_seed(seed)
+            return self.transform(image=image)["image"], int(self.targets[i])
+        raise ConfigError(f"none of the {len(self.paths)} images can be read (first: {self.paths[0]})")
+
+    def transform_size(self) -> tuple[int, int]:
+        """A size that every eval pipeline accepts (it resizes to its own output size)."""
+        return (8, 8)
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -24,7 +24,7 @@ from lit_vit.data.datasets import read_image
 from lit_vit.data.sampling import ResumableDataLoader, SeededSampler
 from lit_vit.data.tokenizer import TextTokenizer
 from lit_vit.data.transforms import A, ToTensorV2, cv2
-from lit_vit.errors import ConfigError
+from lit_vit.errors import BadImageError, ConfigError
 
 AUGMENT_KINDS = ("none", "affine")
 
@@ -85,9 +85,10 @@ class ImageFiles:
     def load(self, index: int) -> np.ndarray | None:
         try:
             return read_image(self.paths[index], 3)
-        except RuntimeError as err:
+        except BadImageError as err:
             if not self.skip_corrupt:
-                raise ConfigError(f"{err}; or set data.skip_corrupt_images: true to skip such images") from err
+                fix = "remove or replace the file, or set data.skip_corrupt_images: true to skip such images"
+                raise BadImageError.for_file(err.path, err.reason, fix) from err
             warnings.warn(f"skipping corrupt image {self.paths[index]}", stacklevel=2)
             return None
 
@@ -337,9 +338,14 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ConfigError(f"max_text_len must leave room for [CLS], [SEP] and a word, got {max_text_len}")
         self.root = Path(root)
         self.image_size, self.patch_size = image_size, patch_size
-        self.max_image_size = max_image_size or int(image_size * 5 / 3)
+        if max_image_size is not None and max_image_size < image_size:
+            raise ConfigError(f"max_image_size must be >= image_size ({image_size}), got {max_image_size}")
+        self.max_image_size = int(image_size * 5 / 3) if max_image_size is None else max_image_size
         self.max_text_len, self.vocab_file, self.vocab_size = max_text_len, vocab_file, vocab_size
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers, self.augment, self.seed = num_workers, augment, seed
         self.eval_max_images, self.skip_corrupt_images = eval_max_images, skip_corrupt_images
         self.tokenizer: TextTokenizer | None = None

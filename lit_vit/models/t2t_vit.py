@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, Mlp, build_pos_embed, to_2tuple
+from lit_vit.models.layers import Block, Mlp, build_pos_embed, merge_dims, to_2tuple
 from lit_vit.models.vit import init_weights, linear_head
 
 # The paper's Table 2 models; `_t` variants use the token transformer in the T2T module, the others the performer.
@@ -222,7 +222,7 @@ class T2TViT(nn.Module):
         given = dict(
             tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio
         )
-        dims.update({k: v for k, v in given.items() if v is not None})
+        dims = merge_dims(dims, **given)
         embed_dim, depth, num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
         if embed_dim % num_heads:
             raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}; change one of them")
@@ -266,16 +266,17 @@ class T2TViT(nn.Module):
         for block in self.blocks:
             block.attn.scale = scale if scale is not None else block.attn.head_dim**-0.5
 
-    def load_pretrained(self, path: str) -> None:
+    def load_pretrained(self, path: str) -> list[str]:
         """Official T2T-ViT weights, or a lit_vit T2T-ViT checkpoint (.ckpt or state dict, any pos_embed kind and
         image size), for ImageClassifier(pretrained=...); the head is loaded only if it fits.
 
         The released weights were trained with the default attention scale head_dim ** -0.5 (the official main.py
-        builds every model with pretrained=False and no qk_scale), so no scale has to be set.
+        builds every model with pretrained=False and no qk_scale), so no scale has to be set. Returns the checkpoint
+        keys deliberately not loaded (a head of another size).
         """
         from lit_vit.models.weights.t2t import load_t2t_checkpoint
 
-        load_t2t_checkpoint(self, path)
+        return load_t2t_checkpoint(self, path)
 
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         """Replace the head (fine-tuning); zero_init gives a zero-initialised head."""

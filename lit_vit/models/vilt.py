@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, PatchEmbed
+from lit_vit.models.layers import Block, PatchEmbed, merge_dims
 from lit_vit.models.vit import VIT_VARIANTS, init_weights
+from lit_vit.models.weights.io import describe_mismatch
 
 
 class TextEmbed(nn.Module):
@@ -111,7 +112,7 @@ class ViLT(nn.Module):
                 "or leave variant unset and give embed_dim, depth and num_heads"
             )
         dims = dict(VIT_VARIANTS.get(variant, VIT_VARIANTS["B"]))
-        dims.update({k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v})
+        dims = merge_dims(dims, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
         dim, depth, num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
         if dim % num_heads:
             raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}; change one of them")
@@ -480,6 +481,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors of a .safetensors / .bin / .ckpt / .pt file, loaded safely (no code runs), and the file's other
     top-level entries (a lit_vit checkpoint carries its vocabulary and answers there)."""
     path = Path(path)
+    if path.is_dir():  # a HuggingFace save_pretrained folder (config.json + weights)
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise ConfigError(
+                f"{path} is a folder without model.safetensors or pytorch_model.bin; give a HuggingFace "
+                "save_pretrained folder or a .ckpt, .bin or .safetensors file"
+            )
+        path = found[0]
     if not path.is_file():
         raise ConfigError(f"pretrained weights {path} do not exist; give a .ckpt, .bin or .safetensors file")
     if path.suffix == ".safetensors":
@@ -528,18 +537,19 @@ def load_vilt_weights(model: ViLT, sd: dict[str, torch.Tensor], strict_heads: bo
     heads = ("itm_head.", "mlm_head.", "vqa_head.", "rank_head.")
     missing = [k for k in own if k not in sd and not k.startswith(heads)]
     unexpected = [k for k in sd if k not in own and not k.startswith(heads)]
-    if missing or unexpected:
-        raise ConfigError(
-            f"the {layout} checkpoint does not match this ViLT: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}); check depth / embed_dim against the checkpoint"
-        )
-    bad = [
+    shapes = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape
     ]
-    if bad:
+    if missing or unexpected or shapes:
+        width = sd["cls_token"].shape[-1] if "cls_token" in sd else None
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        theirs = f"embed_dim {width}, depth {depth}" if width is not None else f"depth {depth}"
+        msg = describe_mismatch(
+            missing, unexpected, f"this ViLT (embed_dim {model.embed_dim}, depth {len(model.blocks)})", shapes
+        )
         raise ConfigError(
-            f"shape mismatch loading the {layout} checkpoint: {bad[:5]}; set vocab_size / embed_dim / "
-            "num_answers to the checkpoint's values"
+            f"{msg}. The {layout} checkpoint holds a ViLT with {theirs}: set embed_dim / depth / num_heads (and "
+            "vocab_size, num_answers) to the checkpoint's values"
         )
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     skipped = sorted({k.split(".")[0] for k in own if k not in sd})

@@ -4,7 +4,16 @@ import torch
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, MAPHead, PatchEmbed, build_pos_embed, check_pool, grid_size, to_2tuple
+from lit_vit.models.layers import (
+    Block,
+    MAPHead,
+    PatchEmbed,
+    build_pos_embed,
+    check_pool,
+    grid_size,
+    merge_dims,
+    to_2tuple,
+)
 
 # The paper's variants (Table 1) plus DeiT's Ti and S; the patch size is a separate argument ("ViT-B/16").
 VIT_VARIANTS: dict[str, dict[str, int]] = {
@@ -89,7 +98,7 @@ class VisionTransformer(nn.Module):
                 "or leave variant unset and give embed_dim, depth and num_heads"
             )
         dims = dict(VIT_VARIANTS.get(variant, VIT_VARIANTS["B"]))
-        dims.update({k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v})
+        dims = merge_dims(dims, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
         embed_dim, depth, num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
         if embed_dim % num_heads:
             raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}; change one of them")
@@ -141,11 +150,12 @@ class VisionTransformer(nn.Module):
         self.grid = grid_size(self.img_size, self.patch_embed.patch_size)
         self.pos_embed.resize(self.grid)
 
-    def load_pretrained(self, path: str) -> None:
-        """Load timm / torchvision / lit_vit weights (safe loading; position table resampled; head kept as is)."""
+    def load_pretrained(self, path: str) -> list[str]:
+        """Load timm / torchvision / lit_vit weights (safe loading; position table resampled; head kept as is).
+        Returns the checkpoint keys deliberately not loaded (its head)."""
         from lit_vit.models.weights.vit import load_vit_weights
 
-        load_vit_weights(self, path)
+        return load_vit_weights(self, path)["skipped"]
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the first block: [class token; patches] + position embedding, and the patch grid."""

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -59,7 +60,7 @@ class ImageClassifier(L.LightningModule):
         weight_decay: decoupled weight decay (not applied to biases, norms, position embeddings, class token).
         betas: AdamW betas.
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
-        warmup_steps: linear warm-up length in optimiser steps (overrides warmup_epochs when > 0).
+        warmup_steps: linear warm-up length in optimiser steps (instead of warmup_epochs; giving both is an error).
         min_lr_ratio: final learning rate of the cosine decay as a fraction of lr.
         label_smoothing: label smoothing of the cross-entropy.
         pretrained: weights file to fine-tune from (timm / torchvision / official / lit_vit layouts, read safely);
@@ -131,6 +132,12 @@ class ImageClassifier(L.LightningModule):
         mixup = as_mixup(mixup)  # a dict when read back from a checkpoint's hyperparameters
         self.hparams["mixup"] = None if mixup is None else asdict(mixup)
         self.mixer: BatchMixer | None = None
+        if warmup_steps < 0 or warmup_epochs < 0:
+            raise ConfigError(f"warm-up must be >= 0, got warmup_steps {warmup_steps}, warmup_epochs {warmup_epochs}")
+        if warmup_steps > 0 and warmup_epochs > 0:
+            raise ConfigError(
+                f"give the warm-up once: warmup_steps {warmup_steps} or warmup_epochs {warmup_epochs}, not both"
+            )
         if optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
         for name, value, part in (("head_lr", head_lr, "head"), ("pos_embed_lr", pos_embed_lr, "pos_embed")):
@@ -179,15 +186,27 @@ class ImageClassifier(L.LightningModule):
         if stage == "fit" and self.hparams.pretrained and self.trainer.ckpt_path is None:
             if not hasattr(self.backbone, "load_pretrained"):
                 raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
-            self.backbone.load_pretrained(self.hparams.pretrained)
+            skipped = self.backbone.load_pretrained(self.hparams.pretrained)
+            skipped = skipped.get("skipped") if isinstance(skipped, dict) else skipped
+            rank_zero_info(
+                f"pretrained: loaded {self.hparams.pretrained} into the backbone; "
+                + (
+                    f"not loaded: {', '.join(skipped)} (the head is new: {self.hparams.num_classes} classes)"
+                    if skipped
+                    else "every tensor of the checkpoint was loaded"
+                )
+            )
         if stage == "fit" and self.hparams.get("head_init") == "zero" and self.trainer.ckpt_path is None:
             self.backbone.reset_classifier(self.hparams.num_classes, zero_init=True)
 
     def _check_input(self, dm) -> None:
         embed = getattr(self.backbone, "patch_embed", None)
         conv = getattr(embed, "proj", None)
-        # a backbone without a patch Conv2d (T2T-ViT's unfolding) states its input channels as `in_chans`
-        in_chans = conv.in_channels if isinstance(conv, nn.Conv2d) else getattr(self.backbone, "in_chans", None)
+        # a backbone whose first layer is not the patch Conv2d (T2T-ViT's unfolding, a hybrid's ResNet) states its
+        # input channels as `in_chans`
+        in_chans = getattr(self.backbone, "in_chans", None)
+        if in_chans is None and isinstance(conv, nn.Conv2d):
+            in_chans = conv.in_channels
         if in_chans is not None and in_chans != dm.in_chans:
             raise ConfigError(
                 f"the data gives {dm.in_chans}-channel images but the backbone has in_chans={in_chans}; "

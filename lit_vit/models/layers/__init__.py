@@ -1,4 +1,5 @@
 from lit_vit.models.layers.attention import Attention, Block
+from lit_vit.models.layers.dims import merge_dims
 from lit_vit.models.layers.drop_path import DropPath
 from lit_vit.models.layers.mlp import Mlp
 from lit_vit.models.layers.patch_embed import PatchEmbed, grid_size, to_2tuple
@@ -24,6 +25,7 @@ __all__ = [
     "build_pos_embed",
     "check_pool",
     "grid_size",
+    "merge_dims",
     "resample_grid",
     "resample_state_dict",
     "to_2tuple",

@@ -38,7 +38,10 @@ def load_state_dict(path: str | Path, prefer: tuple[str, ...] = NESTED_KEYS) -> 
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def describe_mismatch(missing: list[str], unexpected: list[str], what: str) -> str:
+def describe_mismatch(missing: list[str], unexpected: list[str], what: str, shapes: list[str] | None = None) -> str:
+    """One sentence listing the missing and unexpected keys and the shape mismatches (the first few of each, with
+    counts), e.g. "the checkpoint does not match this ViT: missing keys: ...; shape mismatches (3): ..."."""
+
     def head(keys: list[str]) -> str:
         return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
 
@@ -47,4 +50,6 @@ def describe_mismatch(missing: list[str], unexpected: list[str], what: str) -> s
         parts.append(f"missing keys: {head(missing)}")
     if unexpected:
         parts.append(f"unexpected keys: {head(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}; checkpoint vs model): {head(shapes)}")
     return f"the checkpoint does not match {what}: " + "; ".join(parts)

@@ -99,9 +99,8 @@ def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -
             unexpected,
             f"this T2T-ViT ({model.tokens_type}, embed_dim {model.embed_dim}, "
             f"depth {len(model.blocks)}, in_chans {model.in_chans})",
+            shapes,
         )
-        if shapes:
-            msg += f"; shape mismatches ({len(shapes)}): " + ", ".join(shapes[:6])
         raise ConfigError(
             f"{msg}. {path} holds {describe_checkpoint(raw)}: build the model with that variant (and in_chans 3, "
             "token_dim 64), or check that the file is an official T2T-ViT checkpoint"

@@ -69,6 +69,13 @@ def load_vit_weights(model: VisionTransformer, path: str | Path, load_head: bool
     elif any(k.startswith("backbone.") for k in sd):
         sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
     own = model.state_dict()
+    if ("cls_token" in sd) != ("cls_token" in own):
+        has = "has a class token" if "cls_token" in sd else "has no class token (e.g. timm's class_token=False)"
+        want = "true, pool: cls" if "cls_token" in sd else "false, pool: gap (or map)"
+        raise ConfigError(
+            f"{path} ({layout} layout) {has} but this ViT was built with class_token: {'cls_token' in own}; "
+            f"set model.init_args.backbone.init_args.class_token: {want}"
+        )
     sd = resample_state_dict(model.pos_embed, sd)  # any kind saved at another grid -> the model's grid
     skipped = []
     for k in ("head.weight", "head.bias"):
@@ -81,9 +88,7 @@ def load_vit_weights(model: VisionTransformer, path: str | Path, load_head: bool
         f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
-        msg = describe_mismatch(missing, unexpected, f"this ViT ({layout} layout read from {path})")
-        if shapes:
-            msg += "; shape mismatches: " + ", ".join(shapes[:6])
+        msg = describe_mismatch(missing, unexpected, f"this ViT ({layout} layout read from {path})", shapes)
         raise ConfigError(msg + ". Check variant, patch_size, pool and class_token against the checkpoint's model")
     model.load_state_dict(sd, strict=False)
     return {"skipped": skipped}
