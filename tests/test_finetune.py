@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_vit.data import DigitsDataModule
 from lit_vit.errors import ConfigError
-from lit_vit.models import T2TViT, VisionTransformer
+from lit_vit.models import HybridViT, T2TViT, VisionTransformer
 from lit_vit.models.layers import POS_EMBED_KINDS
 from lit_vit.modules import ImageClassifier
 
@@ -24,6 +24,13 @@ def vit(size: int, kind: str, seed: int = 0, **kw) -> VisionTransformer:
     torch.manual_seed(seed)
     args = dict(img_size=size, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=10)
     return VisionTransformer(pos_embed=kind, **{**args, **kw}).eval()
+
+
+def hybrid(size: int, kind: str, seed: int = 0) -> HybridViT:
+    """A stem-only hybrid (token stride 4): the CNN feature map of a 16 px digit is a 4x4 token grid."""
+    torch.manual_seed(seed)
+    args = dict(layers=[], stem_width=8, num_groups=4, patch_size=1, in_chans=1, embed_dim=32, depth=1, num_heads=2)
+    return HybridViT(img_size=size, num_classes=10, pos_embed=kind, **args).eval()
 
 
 def t2t(size: int, kind: str, seed: int = 0) -> T2TViT:
@@ -79,6 +86,19 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
         twice = copy.deepcopy(resized)
         twice.resize_pos_embed(16)
         torch.testing.assert_close(features(back, x16), features(twice, x16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", VIT_KINDS)
+def test_hybrid_checkpoint_loads_at_a_new_size_as_its_own_resize(kind, tmp_path):
+    a = trained_like(hybrid(16, kind))
+    path = save_ckpt(a, tmp_path / "a.ckpt")
+    x16, x24 = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 24, 24)
+    same = hybrid(16, kind, seed=1)
+    same.load_pretrained(path)
+    torch.testing.assert_close(features(same, x16), features(a, x16), rtol=0, atol=0)
+    big = hybrid(24, kind, seed=1)  # 4x4 -> 6x6 token grid
+    big.load_pretrained(path)
+    torch.testing.assert_close(features(big, x24), features(a, x24), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", T2T_KINDS)

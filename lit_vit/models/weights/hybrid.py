@@ -13,13 +13,12 @@ import torch
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.hybrid import HYBRID_VARIANTS, HybridViT
-from lit_vit.models.layers import resample_grid
+from lit_vit.models.layers import resample_state_dict
 from lit_vit.models.vit import VIT_VARIANTS
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 from lit_vit.models.weights.vit import vit_from_timm
 
 HEAD_KEYS = ("head.weight", "head.bias")
-POS_KEY = "pos_embed.pos_embed"
 _BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
 
 
@@ -53,25 +52,9 @@ def hybrid_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return vit_from_timm(sd)
 
 
-def _position_table(sd: dict[str, torch.Tensor], model: HybridViT) -> None:
-    own = model.state_dict().get(POS_KEY)
-    src = sd.get(POS_KEY)
-    if own is None or src is None or src.shape == own.shape or src.shape[-1] != own.shape[-1]:
-        return  # nothing to resample; a width mismatch is reported with the other shape mismatches
-    prefix = model.num_prefix_tokens
-    n_old = src.shape[1] - prefix
-    side = int(round(n_old**0.5))
-    if side * side != n_old:
-        raise ConfigError(
-            f"the checkpoint's position table has {n_old} patch rows, not a square grid, and the model's grid is "
-            f"{model.grid}; build the model at the checkpoint's image size"
-        )
-    sd[POS_KEY] = torch.cat([src[:, :prefix], resample_grid(src[:, prefix:], (side, side), model.grid)], dim=1)
-
-
 def load_hybrid_weights(model: HybridViT, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
     """Load timm hybrid or lit_vit (state dict or Lightning checkpoint) weights into `model`: safe loading, strict
-    keys and shapes, the position table resampled to the model's grid; the head only when `load_head` and its shape
+    keys and shapes, any pos_embed resampled to the model's grid; the head only when `load_head` and its shape
     matches (fine-tuning attaches a new head). Returns {"skipped": [...]}: the keys deliberately not loaded."""
     sd = load_state_dict(path)
     if any(k.startswith("backbone.") for k in sd):  # a Lightning checkpoint of ImageClassifier
@@ -84,7 +67,7 @@ def load_hybrid_weights(model: HybridViT, path: str | Path, load_head: bool = Fa
             f"{path} holds {describe_hybrid(sd)}, not a hybrid ViT; load it into lit_vit.models.VisionTransformer, "
             "or give a timm hybrid checkpoint (vit_base_r50_s16_224, ...)"
         )
-    _position_table(sd, model)
+    sd = resample_state_dict(model.pos_embed, sd)  # any pos_embed kind saved at another grid -> the model's grid
     skipped = []
     for k in HEAD_KEYS:
         if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
