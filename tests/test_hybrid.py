@@ -198,29 +198,51 @@ def test_lit_vit_checkpoint_round_trip_and_wrong_layout_is_named(tmp_path):
         load_hybrid_weights(tiny(), tmp_path / "vit.pth")
 
 
-def test_hybrid_trains_from_the_cli_and_writes_attention_artifacts_in_input_pixels(tmp_path):
+def test_hybrid_trains_from_the_cli_with_artifacts_in_input_pixels_and_measured_compute(tmp_path):
     import json
 
-    backbone = {
-        "class_path": "lit_vit.models.HybridViT",
-        "init_args": {"img_size": 16, "in_chans": 1, "layers": [1], "widths": [64], "stem_width": 32,
-                      "num_groups": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
-    }  # fmt: skip
+    import numpy as np
+
+    from lit_vit.ablation.results import train_flops
+    from lit_vit.perf import count_flops
+
+    init = {"img_size": 16, "in_chans": 1, "num_classes": 10, "layers": [1], "widths": [64], "stem_width": 32,
+            "num_groups": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}  # fmt: skip
     run = tmp_path / "run"
     args = [
         sys.executable, "-m", "lit_vit", "fit", "--model=lit_vit.modules.ImageClassifier",
-        f"--model.backbone={json.dumps(backbone)}", "--data=lit_vit.data.DigitsDataModule", "--data.batch_size=16",
+        f"--model.backbone={json.dumps({'class_path': 'lit_vit.models.HybridViT', 'init_args': init})}",
+        "--data=lit_vit.data.DigitsDataModule", "--data.batch_size=16",
         f"--trainer.default_root_dir={run}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=2", "--trainer.callbacks+=lit_vit.callbacks.ThroughputLogger",
         "--trainer.callbacks+=lit_vit.callbacks.ViTArtifacts", "--trainer.callbacks.num_images=8",
         "--num_threads=1", "--seed_everything=0",
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    import numpy as np
-
     with np.load(run / "artifacts" / "attention_distance.npz") as data:
         # a 4x4 token grid of stride 4 px: the farthest pair of tokens is 3 * 4 * sqrt(2) px apart
         assert float(data["max_distance"]) == pytest.approx(12 * 2**0.5)
         assert data["distance"].shape == (2, 2)
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    # training compute = FLOPs of one image's training step on this model x the 3 * 16 images trained
+    per_image = count_flops(HybridViT(**init), torch.zeros(1, 1, 16, 16), train=True)
+    assert train_flops(run) == {"train_flops": float(per_image * 48)}
+
+
+def test_compute_plot_draws_one_point_per_variant_and_needs_measured_compute(tmp_path):
+    from lit_vit.ablation.plots import plot_compute
+    from lit_vit.ablation.results import read_results, write_results
+
+    rows = [
+        {"variant": v, "seed": s, "final_val_acc1": a, "train_flops": f}
+        for v, f in (("vit", 2e12), ("hybrid", 2.3e12))
+        for s, a in ((0, 0.9), (1, 0.95))
+    ]
+    write_results(tmp_path, rows)
+    read = read_results(tmp_path)
+    assert [r["train_flops"] for r in read] == [2e12, 2e12, 2.3e12, 2.3e12]
+    assert plot_compute(tmp_path, read) == tmp_path / "compute.png" and (tmp_path / "compute.png").stat().st_size
+    read[0]["train_flops"] = None  # a run without ThroughputLogger: no compute, no plot
+    assert plot_compute(tmp_path, read) is None

@@ -7,6 +7,8 @@ rewrites `<sweep dir>/results.csv` from the finished runs and draws into the swe
 - accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot; next to it the
   5-shot linear probe (FewShotEval) when the runs have one;
 - curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
+- compute.png: final validation top-1 against training compute, one point per variant (mean +- std over seeds), the
+  shape of the ViT paper's Figure 5; drawn when the runs measured their compute (ThroughputLogger's train_flops);
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
   (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
 """
@@ -116,6 +118,33 @@ def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
     return _save(fig, sweep_dir / "curves.png")
 
 
+_FLOP_UNITS = ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1.0, "FLOPs"))
+
+
+def plot_compute(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    """Accuracy against training compute (the ViT paper's Figure 5): one point per variant, mean +- std over seeds
+    of both; None when a run has no measured compute."""
+    import matplotlib.pyplot as plt
+
+    if not rows or any(r.get("train_flops") is None for r in rows):
+        return None
+    scale, unit = next((s, u) for s, u in _FLOP_UNITS if max(r["train_flops"] for r in rows) >= s)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, (name, group) in enumerate(_by_variant(rows).items()):
+        flops = mean_std([r["train_flops"] / scale for r in group])
+        acc = mean_std([100 * r["final_val_acc1"] for r in group])
+        ax.errorbar(flops[0], acc[0], xerr=flops[1], yerr=acc[1], fmt="o", color=f"C{i}", capsize=4, markersize=8,
+                    label=f"{name} ({len(group)} seeds)")  # fmt: skip
+        ax.annotate(name, (flops[0], acc[0]), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training compute ({unit}, measured: FLOPs per image x images trained)")
+    ax.set_ylabel("final val top-1 (%)")
+    ax.set_title(f"{sweep_dir.name}: accuracy vs training compute (cf. ViT paper, Fig. 5)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, sweep_dir / "compute.png")
+
+
 def _artifacts(sweep_dir: Path, rows: list[dict], name: str) -> dict[str, dict]:
     """variant -> the npz contents of `name` from the variant's first seed that has it."""
     found = {}
@@ -210,7 +239,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
         write_results(sweep_dir, finished)
     rows = read_results(sweep_dir)
     written = [sweep_dir / "results.csv", plot_accuracy(sweep_dir, rows), plot_curves(sweep_dir, rows)]
-    artifact_plots = (plot_similarity, plot_relative_bias, plot_distance, plot_rollout)  # None: no run saved that one
+    artifact_plots = (plot_compute, plot_similarity, plot_relative_bias, plot_distance, plot_rollout)  # None: not saved
     written += [p for p in (plot(sweep_dir, rows) for plot in artifact_plots) if p]
     return written
 

@@ -25,6 +25,7 @@ RESULT_COLUMNS = [
     "params",
     "train_images_per_s",
     "wall_s",
+    "train_flops",
 ]
 
 
@@ -87,6 +88,18 @@ def fewshot_columns(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("fewshot_") and k.endswith("shot")}, key=_shots)
 
 
+def train_flops(run: Path) -> dict[str, float]:
+    """{"train_flops": the run's training compute} from the last `throughput/train_flops` in metrics.csv (logged by
+    ThroughputLogger: FLOPs counted on the real model x samples trained); empty when the run had no such logger."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        values = [_float(r.get("throughput/train_flops")) for r in csv.DictReader(f)]
+    values = [v for v in values if v is not None]
+    return {"train_flops": values[-1]} if values else {}
+
+
 def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str, Any]:
     """The results row of a finished run: best / final validation metrics from metrics.csv plus `extra`."""
     curve = validation_curve(run)
@@ -108,6 +121,7 @@ def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str,
         "epochs": final["epoch"] + 1,
         "steps": final["step"],
         **fewshot_result(run),
+        **train_flops(run),
         **extra,
     }
 

@@ -9,7 +9,9 @@ from lit_vit.perf import count_flops, peak_flops, synchronize
 
 
 class ThroughputLogger(L.Callback):
-    """Logs `throughput/samples_per_s`, `throughput/step_time_s`, `throughput/tflops_per_s` and `throughput/mfu`.
+    """Logs `throughput/samples_per_s`, `throughput/step_time_s`, `throughput/tflops_per_s`, `throughput/mfu` and
+    `throughput/train_flops`, the training compute spent so far (FLOPs per sample x samples trained, kept across
+    resumes; also logged at the end of every training epoch, so a run's last value is its total compute).
 
     Unlike Lightning's ThroughputMonitor, which synchronises the GPU after every batch, this callback synchronises
     only at the trainer's logging steps (`log_every_n_steps`) and averages over the steps in between. FLOPs are
@@ -30,6 +32,18 @@ class ThroughputLogger(L.Callback):
         self._t0: float | None = None
         self._samples = 0
         self._steps = 0
+        self.samples_trained = 0  # since the run began, resumes included (saved in the checkpoint)
+
+    def state_dict(self) -> dict:
+        return {"samples_trained": self.samples_trained}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.samples_trained = state_dict.get("samples_trained", 0)
+
+    def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step - 1)  # the step Lightning logs this batch at
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.peak, _ = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
@@ -51,6 +65,7 @@ class ThroughputLogger(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         x = batch[0] if isinstance(batch, list | tuple) else batch
         self._samples += len(x) * trainer.world_size
+        self.samples_trained += len(x) * trainer.world_size
         self._steps += 1
         if trainer.fit_loop._should_accumulate() or (trainer.global_step % trainer.log_every_n_steps):
             return
@@ -63,10 +78,13 @@ class ThroughputLogger(L.Callback):
             metrics["throughput/tflops_per_s"] = flops_per_s / 1e12
             if self.peak:
                 metrics["throughput/mfu"] = flops_per_s / (self.peak * trainer.world_size)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step - 1)  # the step Lightning logs this batch at
+            metrics["throughput/train_flops"] = float(self.flops_per_sample * self.samples_trained)
+        self._log(trainer, metrics)
         self._restart(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.flops_per_sample:
+            self._log(trainer, {"throughput/train_flops": float(self.flops_per_sample * self.samples_trained)})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
