@@ -1,4 +1,5 @@
-"""`python -m lit_vit bench`: training / inference throughput of a backbone (against timm for ViT) and data throughput.
+"""`python -m lit_vit bench`: training / inference throughput of a backbone (against timm for ViT and hybrid) and data
+throughput.
 
 Three modes, any combination in one call:
 
@@ -6,11 +7,12 @@ Three modes, any combination in one call:
 - ``infer``: forward in eval mode under ``torch.inference_mode``;
 - ``data``: a DataModule's training loader alone (decoding and augmentation) for each worker count.
 
-For a lit_vit ViT whose architecture timm's ``VisionTransformer`` can express (learned 1-D or no position embedding,
-cls / gap / map pooling), timm's model is built with the same dimensions and the lit_vit weights, checked to give the
-same outputs, and timed in the same process: the two models alternate repeat by repeat (and swap which goes first),
-so a change in machine load hits both. Times are medians over the repeats after warm-up; on CUDA every timed window
-is bracketed by ``torch.cuda.synchronize()``. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the real
+For a lit_vit ViT or HybridViT whose architecture timm's ``VisionTransformer`` (with ``HybridEmbed`` over a
+``ResNetV2`` for a hybrid) can express (learned 1-D or no position embedding, cls / gap / map pooling), timm's model
+is built with the same dimensions and the lit_vit weights, checked to give the same outputs, and timed in the same
+process: the two models alternate repeat by repeat (and swap which goes first), so a change in machine load hits both.
+Times are medians over the repeats after warm-up; on CUDA every timed window is bracketed by
+``torch.cuda.synchronize()``. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the real
 model (attention included; a training step counts forward and backward), and MFU = achieved FLOP/s / peak FLOP/s of
 the device (looked up for common GPUs, or given with --peak-tflops).
 
@@ -145,11 +147,31 @@ def input_shape(model: nn.Module) -> tuple[int, int, int]:
     return int(chans), int(h), int(w)
 
 
-def timm_twin(model: nn.Module) -> tuple[nn.Module | None, str]:
-    """timm's VisionTransformer with `model`'s architecture and weights, or None and the reason."""
-    from lit_vit.models import VisionTransformer
+def timm_hybrid_backbone(embed: nn.Module) -> nn.Module:
+    """timm's ResNet of a lit_vit HybridEmbed: the ResNetV2 (or the bare stem) that timm's hybrids build."""
+    from functools import partial
 
-    if type(model) is not VisionTransformer:
+    from timm.layers import GroupNormAct, StdConv2d, StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
+
+    same = embed.padding == "same"
+    conv = partial(StdConv2dSame if same else StdConv2d, eps=1e-8)
+    norm = partial(GroupNormAct, num_groups=embed.num_groups)
+    common = dict(stem_type="same" if same else "", preact=False, conv_layer=conv, norm_layer=norm)
+    if not embed.layers:
+        return create_resnetv2_stem(embed.in_chans, out_chs=embed.stem_width, **common)
+    return ResNetV2(
+        layers=embed.layers, channels=embed.widths, num_classes=0, global_pool="", in_chans=embed.in_chans,
+        stem_chs=embed.stem_width, **common,
+    )  # fmt: skip
+
+
+def timm_twin(model: nn.Module) -> tuple[nn.Module | None, str]:
+    """timm's VisionTransformer (with timm's HybridEmbed for a HybridViT) with `model`'s architecture and weights,
+    or None and the reason."""
+    from lit_vit.models import HybridViT, VisionTransformer
+
+    if type(model) not in (VisionTransformer, HybridViT):
         name = type(model.vilt if isinstance(model, ViltITM) else model).__name__
         return None, f"no timm counterpart for {name}"
     pos = type(model.pos_embed).__name__
@@ -163,10 +185,20 @@ def timm_twin(model: nn.Module) -> tuple[nn.Module | None, str]:
     block = model.blocks[0] if len(model.blocks) else None
     if block is not None and abs(block.attn.scale - block.attn.head_dim**-0.5) > 1e-12:
         return None, "qk_scale differs from head_dim ** -0.5, which timm cannot express"
+    if isinstance(model, HybridViT):
+        from functools import partial
+
+        from timm.layers import HybridEmbed
+
+        embed = dict(
+            patch_size=model.patch_embed.feature_patch,
+            in_chans=model.in_chans,
+            embed_layer=partial(HybridEmbed, backbone=timm_hybrid_backbone(model.patch_embed)),
+        )
+    else:
+        embed = dict(patch_size=model.patch_embed.patch_size, in_chans=model.patch_embed.proj.in_channels)
     twin = timm_vit.VisionTransformer(
         img_size=model.img_size,
-        patch_size=model.patch_embed.patch_size,
-        in_chans=model.patch_embed.proj.in_channels,
         num_classes=model.num_classes,
         global_pool={"cls": "token", "gap": "avg", "map": "map"}[model.pool],
         embed_dim=model.embed_dim,
@@ -176,6 +208,7 @@ def timm_twin(model: nn.Module) -> tuple[nn.Module | None, str]:
         qkv_bias=block.attn.qkv.bias is not None if block is not None else True,
         class_token=model.cls_token is not None,
         pos_embed=kinds[pos],
+        **embed,
     )
     state = {("pos_embed" if k == "pos_embed.pos_embed" else k): v for k, v in model.state_dict().items()}
     twin.load_state_dict(state, strict=True)

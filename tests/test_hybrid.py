@@ -246,3 +246,28 @@ def test_compute_plot_draws_one_point_per_variant_and_needs_measured_compute(tmp
     assert plot_compute(tmp_path, read) == tmp_path / "compute.png" and (tmp_path / "compute.png").stat().st_size
     read[0]["train_flops"] = None  # a run without ThroughputLogger: no compute, no plot
     assert plot_compute(tmp_path, read) is None
+
+
+@pytest.mark.parametrize("layers, padding", [([1], "same"), ([], "symmetric")])
+def test_bench_times_a_hybrid_against_timms_hybrid_with_the_same_weights(tmp_path, layers, padding):
+    import json
+
+    import yaml
+
+    from lit_vit.bench import main as bench_main
+
+    init = dict(img_size=32, in_chans=1, num_classes=10, layers=layers, widths=[64], stem_width=32, num_groups=8,
+                padding=padding, embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+    config = tmp_path / "hybrid.yaml"
+    config.write_text(yaml.safe_dump({"backbone": {"class_path": "lit_vit.models.HybridViT", "init_args": init}}))
+    out = tmp_path / "results.jsonl"
+    bench_main(["--config", str(config), "--batch-size", "2", "--warmup", "0", "--repeats", "2", "--threads", "1",
+                "--output", str(out)])  # fmt: skip
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["config"]["input_shape"] == [1, 32, 32] and rec["config"]["model"].startswith("HybridViT(")
+    assert rec["params"]["lit_vit"] == rec["params"]["timm"] == n_params(HybridViT(**init))
+    assert rec["timm_max_abs_diff"] < 1e-5
+    for mode in ("train", "infer"):
+        res = rec["results"][mode]
+        assert res["lit_vit"]["flops_per_step"] == res["timm"]["flops_per_step"] > 0
+        assert len(res["timm"]["step_time_ms_all"]) == 2

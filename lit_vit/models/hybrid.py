@@ -67,6 +67,8 @@ class HybridEmbed(nn.Module):
         super().__init__()
         self.backbone, feature_dim, stride = build_resnet(layers, widths, in_chans, stem_width, num_groups, padding)
         self.in_chans, self.feature_stride, self.feature_patch = in_chans, stride, feature_patch
+        self.layers, self.widths, self.stem_width = tuple(layers), tuple(widths[: len(layers)]), stem_width
+        self.num_groups, self.padding = num_groups, padding
         self.patch_size = to_2tuple(stride * feature_patch)
         self.proj = nn.Conv2d(feature_dim, embed_dim, kernel_size=feature_patch, stride=feature_patch)
 
@@ -166,7 +168,7 @@ class HybridViT(VisionTransformer):
         self.patch_embed = HybridEmbed(
             layers, widths, patch_size, in_chans, self.embed_dim, stem_width, num_groups, padding
         )
-        self.variant, self.in_chans, self.layers, self.widths = name, in_chans, layers, widths[: len(layers)]
+        self.variant, self.in_chans = name, in_chans
 
     def load_pretrained(self, path: str) -> None:
         """Load timm hybrid or lit_vit weights (safe loading; position table resampled; head kept as is)."""
