@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 import timm
 import torch
@@ -198,37 +195,53 @@ def test_lit_vit_checkpoint_round_trip_and_wrong_layout_is_named(tmp_path):
         load_hybrid_weights(tiny(), tmp_path / "vit.pth")
 
 
-def test_hybrid_trains_from_the_cli_with_artifacts_in_input_pixels_and_measured_compute(tmp_path):
+def test_hybrid_trains_resumes_and_reloads_from_the_cli_with_pixel_distances_and_measured_compute(tmp_path):
     import json
 
     import numpy as np
 
     from lit_vit.ablation.results import train_flops
+    from lit_vit.cli import main
+    from lit_vit.modules import ImageClassifier
     from lit_vit.perf import count_flops
 
     init = {"img_size": 16, "in_chans": 1, "num_classes": 10, "layers": [1], "widths": [64], "stem_width": 32,
             "num_groups": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}  # fmt: skip
     run = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "lit_vit", "fit", "--model=lit_vit.modules.ImageClassifier",
-        f"--model.backbone={json.dumps({'class_path': 'lit_vit.models.HybridViT', 'init_args': init})}",
-        "--data=lit_vit.data.DigitsDataModule", "--data.batch_size=16",
-        f"--trainer.default_root_dir={run}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-        "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-        "--trainer.log_every_n_steps=2", "--trainer.callbacks+=lit_vit.callbacks.ThroughputLogger",
-        "--trainer.callbacks+=lit_vit.callbacks.ViTArtifacts", "--trainer.callbacks.num_images=8",
-        "--num_threads=1", "--seed_everything=0",
-    ]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def fit(*extra: str) -> None:
+        main([
+            "fit", "--model=lit_vit.modules.ImageClassifier",
+            f"--model.backbone={json.dumps({'class_path': 'lit_vit.models.HybridViT', 'init_args': init})}",
+            "--data=lit_vit.data.DigitsDataModule", "--data.batch_size=16", f"--trainer.default_root_dir={run}",
+            "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.log_every_n_steps=2", "--trainer.callbacks+=lit_vit.callbacks.ThroughputLogger",
+            "--trainer.callbacks+=lit_vit.callbacks.ViTArtifacts", "--trainer.callbacks.num_images=8",
+            "--seed_everything=0", *extra,
+        ])  # fmt: skip
+
+    fit("--trainer.max_epochs=1")
     with np.load(run / "artifacts" / "attention_distance.npz") as data:
         # a 4x4 token grid of stride 4 px: the farthest pair of tokens is 3 * 4 * sqrt(2) px apart
         assert float(data["max_distance"]) == pytest.approx(12 * 2**0.5)
         assert data["distance"].shape == (2, 2)
-    assert (run / "checkpoints" / "last.ckpt").is_file()
     # training compute = FLOPs of one image's training step on this model x the 3 * 16 images trained
     per_image = count_flops(HybridViT(**init), torch.zeros(1, 1, 16, 16), train=True)
     assert train_flops(run) == {"train_flops": float(per_image * 48)}
+
+    fit("--trainer.max_epochs=2", "--ckpt_path=last")
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)  # written here
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    assert train_flops(run) == {"train_flops": float(per_image * 96)}  # the compute count survives the resume
+    model = ImageClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    assert isinstance(model.backbone, HybridViT)
+    state = {k.removeprefix("backbone."): v for k, v in last["state_dict"].items() if k.startswith("backbone.")}
+    fresh = HybridViT(**init).eval()
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fresh(x))
 
 
 def test_compute_plot_draws_one_point_per_variant_and_needs_measured_compute(tmp_path):
