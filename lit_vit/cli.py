@@ -74,8 +74,13 @@ def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
     return ckpt
 
 
+# What a fit that stopped before its first logged step leaves behind (e.g. data checked at setup): nothing trained, so a
+# rerun may write there again.
+STARTUP_FILES = {"config.yaml", "hparams.yaml"}
+
+
 def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+    return path.is_dir() and any(p.name not in STARTUP_FILES for p in path.iterdir())
 
 
 def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:

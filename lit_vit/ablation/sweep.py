@@ -42,7 +42,7 @@ from lit_vit.ablation.results import (
     write_done,
     write_results,
 )
-from lit_vit.callbacks.artifacts import ARTIFACTS_DIR, TrainSpeed
+from lit_vit.callbacks.artifacts import TrainSpeed
 from lit_vit.errors import ConfigError
 
 SWEEP_CONFIG = "sweep.yaml"
@@ -224,9 +224,9 @@ def run_sweep(cli) -> None:
 
 def train_run(cli, run: Run, state: str) -> None:
     if state == "new":
-        # leftovers of a run killed before its first checkpoint: start clean, no duplicated metrics rows
-        (run.dir / "metrics.csv").unlink(missing_ok=True)
-        shutil.rmtree(run.dir / ARTIFACTS_DIR, ignore_errors=True)
+        # leftovers of a run killed before its first checkpoint (no checkpoint, no done.json: nothing to resume or
+        # keep): start clean, as a new fit writes only into an empty folder
+        shutil.rmtree(run.dir, ignore_errors=True)
     argv = run.argv + (["--ckpt_path=last"] if state == "resume" else [])
     speed = TrainSpeed()
     with _argv(sys.argv[0]):
