@@ -7,8 +7,9 @@ rewrites `<sweep dir>/results.csv` from the finished runs and draws into the swe
 - accuracy.png: final validation top-1 per variant, mean +- std over seeds, every seed as a dot; next to it the
   5-shot linear probe (FewShotEval) when the runs have one;
 - curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
-- compute.png: final validation top-1 against training compute, one point per variant (mean +- std over seeds), the
-  shape of the ViT paper's Figure 5; drawn when the runs measured their compute (ThroughputLogger's train_flops);
+- compute.png: final validation top-1 against training compute, one point per variant (mean +- std over seeds), a line
+  per backbone class: the shape of the ViT paper's Figure 5; drawn when the runs measured their compute
+  (ThroughputLogger's train_flops);
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
   (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
 """
@@ -121,27 +122,49 @@ def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
 _FLOP_UNITS = ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1.0, "FLOPs"))
 
 
+def _backbone_name(sweep_dir: Path, variant: str, seed: int) -> str:
+    """The backbone class of a run (from its config.yaml), e.g. VisionTransformer or HybridViT; "" if unknown."""
+    path = run_dir(sweep_dir, variant, seed) / "config.yaml"
+    if not path.is_file():
+        return ""
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    backbone = (model.get("init_args") or {}).get("backbone") or {}
+    return str(backbone.get("class_path", "")).rsplit(".", 1)[-1]
+
+
 def plot_compute(sweep_dir: Path, rows: list[dict]) -> Path | None:
-    """Accuracy against training compute (the ViT paper's Figure 5): one point per variant, mean +- std over seeds
-    of both; None when a run has no measured compute."""
+    """Accuracy against training compute (the ViT paper's Figure 5): one point per variant (mean +- std over seeds
+    of both), variants of one backbone class joined by a line in order of compute; None when a run has no measured
+    compute."""
     import matplotlib.pyplot as plt
 
     if not rows or any(r.get("train_flops") is None for r in rows):
         return None
     scale, unit = next((s, u) for s, u in _FLOP_UNITS if max(r["train_flops"] for r in rows) >= s)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, (name, group) in enumerate(_by_variant(rows).items()):
+    points: dict[str, list[tuple[float, float, float, float, str]]] = {}  # family -> (flops, std, acc, std, variant)
+    for name, group in _by_variant(rows).items():
         flops = mean_std([r["train_flops"] / scale for r in group])
         acc = mean_std([100 * r["final_val_acc1"] for r in group])
-        ax.errorbar(flops[0], acc[0], xerr=flops[1], yerr=acc[1], fmt="o", color=f"C{i}", capsize=4, markersize=8,
-                    label=f"{name} ({len(group)} seeds)")  # fmt: skip
-        ax.annotate(name, (flops[0], acc[0]), textcoords="offset points", xytext=(7, 5), fontsize=8)
+        family = _backbone_name(sweep_dir, name, group[0]["seed"]) or name
+        points.setdefault(family, []).append((*flops, *acc, name))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (family, pts) in enumerate(points.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], "-", color=f"C{i}", alpha=0.5)
+        for f, f_std, a, a_std, name in pts:
+            ax.errorbar(f, a, xerr=f_std, yerr=a_std, fmt="o", color=f"C{i}", capsize=4, markersize=7)
+            ax.annotate(name, (f, a), textcoords="offset points", xytext=(6, -12), fontsize=7)
+        ax.plot([], [], "o-", color=f"C{i}", label=family)
+    low = min(r["train_flops"] for r in rows) / scale
+    high = max(r["train_flops"] for r in rows) / scale
     ax.set_xscale("log")
-    ax.set_xlabel(f"training compute ({unit}, measured: FLOPs per image x images trained)")
+    ax.set_xlim(low / 1.5, high * 2.5)  # room for the labels right of the points
+    seeds = sorted({r["seed"] for r in rows})
+    ax.set_xlabel(f"training compute ({unit}; measured: FLOPs per image x images trained)")
     ax.set_ylabel("final val top-1 (%)")
-    ax.set_title(f"{sweep_dir.name}: accuracy vs training compute (cf. ViT paper, Fig. 5)", fontsize=10)
+    ax.set_title(f"{sweep_dir.name}: accuracy vs training compute, mean +- std over seeds {seeds}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, sweep_dir / "compute.png")
 
 
