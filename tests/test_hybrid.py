@@ -189,6 +189,11 @@ def test_lit_vit_checkpoint_round_trip_and_wrong_layout_is_named(tmp_path):
         torch.testing.assert_close(dst.forward_features(x), src.forward_features(x))
     with pytest.raises(ConfigError, match=r"holds a custom hybrid \(layers \[1\].*build the model with that variant"):
         load_hybrid_weights(tiny(layers=[1, 1], widths=[64, 64]), tmp_path / "lit.ckpt")
+    # position parameters of any kind saved at another grid are resampled (here a relative bias, 4x4 -> 8x8 tokens)
+    torch.save(tiny(pos_embed="relative").state_dict(), tmp_path / "rel16.pth")
+    big = tiny(pos_embed="relative", img_size=32)
+    load_hybrid_weights(big, tmp_path / "rel16.pth")
+    assert big.pos_embed.relative_bias_table.shape == (15 * 15 + 3, 4)
     vit = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=4)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ConfigError, match="holds a plain ViT .* not a hybrid"):
