@@ -163,7 +163,7 @@ class PolicyPipeline:
         array = self.geometry(image=image)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self._rng.integers(2**63 - 1)))
+            torch.default_generator.manual_seed(int(self._rng.integers(2**63 - 1)))  # CPU only: no CUDA lazy seeding
             out = self.torch_ops(tensor)
         return {"image": out}
 

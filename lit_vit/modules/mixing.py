@@ -80,7 +80,7 @@ class BatchMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only (the mixing draws on the CPU)
             mix = None
             if float(torch.rand(())) < self.options.prob:
                 if self.mixup is not None and self.cutmix is not None:
