@@ -65,7 +65,7 @@ def test_kshot_draws_are_nested_per_class_and_refuse_too_few_images():
     draw = draw_kshot(targets, 3, 10, torch.Generator().manual_seed(0))
     assert draw.shape == (3, 10) and len(draw.flatten().unique()) == 30
     assert all((targets[row] == c).all() for c, row in enumerate(draw))
-    with pytest.raises(ConfigError, match="20 train images of class 0 but the train split has 20|lower FewShotEval"):
+    with pytest.raises(ConfigError, match="needs 21 train images of every class but class 0 has 20 in the train"):
         draw_kshot(targets, 3, 21, torch.Generator())
 
 
@@ -148,3 +148,13 @@ def test_sweep_results_gain_kshot_columns_and_accuracy_png_a_probe_panel(tmp_pat
     with_probe = Image.open(plot_accuracy(tmp_path, back)).size[0]
     without = Image.open(plot_accuracy(tmp_path, [{k: v for k, v in r.items() if "shot" not in k} for r in back]))
     assert with_probe > 1.4 * without.size[0]  # two panels: top-1 and the 5-shot probe side by side
+
+
+def test_more_shots_than_the_smallest_class_has_is_refused_before_training(run_dir, capsys):
+    callback = {"class_path": "lit_vit.callbacks.FewShotEval", "init_args": {"shots": [5, 200]}}
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_fit_args(run_dir, f"--trainer.callbacks=[{callback}]".replace("'", '"')))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "needs 200 train images of every class but class" in err and "lower FewShotEval shots to at most" in err
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -84,14 +84,16 @@ def fewshot_accuracy(
 def draw_kshot(targets: torch.Tensor, num_classes: int, k_max: int, generator: torch.Generator) -> torch.Tensor:
     """(num_classes, k_max) train indices: each class's indices in a random order, the first k_max kept; column
     slices [:, :k] are the nested k-shot sets of this draw."""
+    counts = torch.bincount(targets.long(), minlength=num_classes)
+    if counts.min() < k_max:
+        c = int(counts.argmin())
+        raise ConfigError(
+            f"few-shot evaluation needs {k_max} train images of every class but class {c} has {int(counts[c])} in the "
+            f"train split; lower FewShotEval shots to at most {int(counts[c])}"
+        )
     rows = []
     for c in range(num_classes):
         idx = torch.nonzero(targets == c).flatten()
-        if len(idx) < k_max:
-            raise ConfigError(
-                f"few-shot evaluation needs {k_max} train images of class {c} but the train split has {len(idx)}; "
-                f"lower FewShotEval shots to at most {len(idx)}"
-            )
         rows.append(idx[torch.randperm(len(idx), generator=generator)[:k_max]])
     return torch.stack(rows)
 
@@ -156,9 +158,13 @@ class FewShotEval(Callback):
                 f"FewShotEval needs forward_features / forward_head(pre_logits=True); {type(backbone).__name__} "
                 "has not; remove the FewShotEval callback"
             )
+        train = getattr(dm, "datasets", {}).get("train")
+        if stage == "fit" and train is not None:  # too few images of some class: refused now, not after training
+            draw_kshot(torch.as_tensor(train.targets), dm.num_classes, self.shots[-1], torch.Generator())
 
     def _loader(self, dataset, trainer: L.Trainer) -> DataLoader:
-        return DataLoader(dataset, batch_size=trainer.datamodule.eval_batch_size, shuffle=False, num_workers=0)
+        dm = trainer.datamodule
+        return DataLoader(dataset, batch_size=dm.eval_batch_size, shuffle=False, num_workers=dm.num_workers)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[int, float]:
         """The few-shot accuracies {k: mean top-1 over draws} of the module's backbone as it is now."""
