@@ -174,6 +174,8 @@ def test_stride_and_grid_follow_the_stage_count_and_patch_size():
         (dict(num_groups=32), "GroupNorm with 32 groups needs a channel count divisible by it, got 16"),
         (dict(layers=[1, 1], widths=[64]), "2 stages .* only 1 stage widths"),
         (dict(layers=[1, 0], widths=[64, 64]), "every stage needs at least one block"),
+        (dict(widths=[0]), r"stage widths must be positive channel counts, got \[0\]"),
+        (dict(embed_dim=0), "embed_dim must be a positive integer, got 0"),
         (dict(img_size=18), "not divisible by the patch size 4x4"),
         (dict(patch_size=0), "patch_size must be at least 1, got 0"),
     ],

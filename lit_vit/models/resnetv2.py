@@ -215,6 +215,8 @@ def build_resnet(
         raise ConfigError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     if any(d < 1 for d in layers):
         raise ConfigError(f"every stage needs at least one block, got layers {list(layers)}; drop empty stages")
+    if any(w < 1 for w in widths):
+        raise ConfigError(f"stage widths must be positive channel counts, got {list(widths)}")
     if len(widths) < len(layers):
         raise ConfigError(
             f"{len(layers)} stages ({list(layers)}) but only {len(widths)} stage widths ({list(widths)}); "
