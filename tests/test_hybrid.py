@@ -41,6 +41,17 @@ def test_parameter_counts_equal_the_stated_numbers_and_timm(variant, timm_name, 
     assert n_params(ref) == expected
 
 
+@pytest.mark.parametrize(
+    "timm_name", ["vit_base_r50_s16_384", "vit_tiny_r_s16_p8_384", "vit_small_r26_s32_384", "vit_large_r50_s32_384"]
+)
+def test_timm_384_names_build_timms_384_models(timm_name):
+    with torch.device("meta"):
+        ours = HybridViT(timm_name)
+        ref = timm.create_model(timm_name, pretrained=False, num_classes=1000)
+    assert ours.img_size == (384, 384) and ours.pos_embed.pos_embed.shape == ref.pos_embed.shape
+    assert n_params(ours) == n_params(ref)  # vit_base_r50_s16_384: 98,950,952
+
+
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Weights far from init, so that attention is peaked and every path matters (norm gains around 1)."""
     gen = torch.Generator().manual_seed(seed)
