@@ -78,6 +78,11 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
     # ... and that is the original model evaluated at the new size (resampling on the fly)
     torch.testing.assert_close(features(big, x24), features(a, x24), rtol=1e-5, atol=1e-5)
 
+    bare = vit(24, kind, seed=3)  # a bare state dict (no `backbone.` prefix; sincos_2d / none store no pos keys)
+    torch.save(a.state_dict(), tmp_path / "bare.pth")
+    bare.load_pretrained(str(tmp_path / "bare.pth"))
+    torch.testing.assert_close(features(bare, x24), features(big, x24), rtol=0, atol=0)
+
     back = vit(16, kind, seed=2)  # and back to the old size from the new-size weights
     back.load_pretrained(save_ckpt(big, tmp_path / "big.ckpt"))
     if kind in ("none", "sincos_2d"):  # nothing grid-shaped is stored: the round trip is exact
