@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
+from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
 
 
@@ -130,24 +131,6 @@ def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> 
     return None if path is None else str(path)
 
 
-def _plain(value: Any) -> Any:
-    """A config value as plain data: Namespaces -> dicts, tuples -> lists, paths -> strings."""
-    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    value = _plain(value)
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}.{key}").items()}
-    return {prefix: value}
-
-
 # Model options that may differ from the checkpoint's when resuming: they change neither the network nor the
 # optimisation (pretrained is read only when a fit starts from scratch; compile is an execution detail).
 RESUME_MAY_CHANGE = ("model.init_args.compile", "model.init_args.pretrained")
@@ -162,7 +145,7 @@ def model_differences(user_model: Any, hparams: dict[str, Any]) -> list[tuple[st
     if "_class_path" not in hparams:
         return []  # saved by a module built in Python, not by the CLI: nothing to compare against
     saved = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
-    mine, theirs = _flatten(user_model, "model"), _flatten(saved, "model")
+    mine, theirs = flatten(user_model, "model"), flatten(saved, "model")
     diffs = []
     for key in sorted(set(mine) & set(theirs)):
         if key in FROM_DATA and mine[key] is None:
@@ -278,7 +261,7 @@ class LitViTCLI(LightningCLI):
                 f"{more}. Use the run's own config (--config <run dir>/config.yaml), or start a new run in a new "
                 "folder without --ckpt_path (e.g. with --model.init_args.pretrained for the weights)"
             )
-        keep = {k: v for k, v in _flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
+        keep = {k: v for k, v in flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
         super()._parse_ckpt_path()
         for key, value in keep.items():
             self.config[subcommand][key] = value

@@ -17,14 +17,15 @@
 import difflib
 import os
 import shutil
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -43,6 +44,7 @@ from lit_vit.ablation.results import (
     write_results,
 )
 from lit_vit.callbacks.artifacts import TrainSpeed
+from lit_vit.config_diff import describe, differences
 from lit_vit.errors import ConfigError
 
 SWEEP_CONFIG = "sweep.yaml"
@@ -108,17 +110,6 @@ def _raising(*parsers) -> Iterator[None]:
             p.exit_on_error = flag
 
 
-@contextmanager
-def _argv(prog: str) -> Iterator[None]:
-    """LightningCLI warns when it gets args while sys.argv holds others; each run's args are the whole story."""
-    saved = sys.argv
-    sys.argv = [prog]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
 def plan_runs(cli, ablation: Ablation, sweep_dir: Path, base_cfg) -> list[Run]:
     """Every run's command line, seed-major (all variants of the first seed first, so a partial sweep compares)."""
     has_data_seed = "data.init_args.seed" in base_cfg
@@ -166,6 +157,36 @@ def validate_runs(cli, runs: list[Run], base_cfg) -> None:
         built.add(run.variant.name)
 
 
+def is_primary_process() -> bool:
+    """Global rank 0 of a multi-process launch (Lightning's launcher, torchrun, SLURM srun), or a single process: the
+    one process that plans, writes the sweep's files and plots; every process trains every run."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+# Options a rerun may change without changing any number a finished run produced.
+RERUN_MAY_CHANGE = ("num_threads", "ckpt_path", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+
+
+def check_rerun(sweep_dir: Path, runs: list[Run], new_config: str) -> None:
+    """A rerun must resolve to the config its runs used (sweep.yaml); new seeds and new variants may be added."""
+    path = sweep_dir / SWEEP_CONFIG
+    started = [r for r in runs if r.state != "new"]
+    if not path.is_file() or not started:
+        return
+    old, new = yaml.safe_load(path.read_text()) or {}, yaml.safe_load(new_config) or {}
+    diffs = differences(new, old, ignore=(*RERUN_MAY_CHANGE, "ablation."))
+    old_variants = {v["name"]: v.get("overrides") or {} for v in (old.get("ablation") or {}).get("variants") or []}
+    for v in (new.get("ablation") or {}).get("variants") or []:
+        if v["name"] in old_variants and (v.get("overrides") or {}) != old_variants[v["name"]]:
+            diffs.append((f"ablation variant {v['name']} overrides", v.get("overrides"), old_variants[v["name"]]))
+    if diffs:
+        raise ConfigError(
+            f"{path} holds the config that {len(started)} run(s) of this sweep used, and this command differs: "
+            f"{describe(diffs, 'now', 'in sweep.yaml')}. Rerun with the sweep's values to resume it (new seeds and "
+            "new variants may be added), or start a new sweep with --trainer.default_root_dir <new folder>"
+        )
+
+
 def run_sweep(cli) -> None:
     """The sweep of `cli`'s fit config (LitViTCLI calls this instead of fitting when `ablation` is set)."""
     cfg = cli.config["fit"]
@@ -175,15 +196,19 @@ def run_sweep(cli) -> None:
             f"--ckpt_path {cfg.ckpt_path} cannot be used with an ablation sweep: each run resumes from its own "
             "<run dir>/checkpoints/last.ckpt; rerun the same command (optionally with --ckpt_path last)"
         )
+    primary = is_primary_process()
     sweep_dir = Path(cfg.trainer.default_root_dir or "runs/default")
     base_cfg = cfg.clone()
     base_cfg.ckpt_path = None
     runs = plan_runs(cli, ablation, sweep_dir, base_cfg)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SWEEP_CONFIG).write_text(cli._subcommand_parsers["fit"].dump(base_cfg, skip_none=False))
+    dumped = cli._subcommand_parsers["fit"].dump(base_cfg, skip_none=False)
+    check_rerun(sweep_dir, runs, dumped)
+    if primary:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_CONFIG).write_text(dumped)
     validate_runs(cli, runs, base_cfg)
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=not primary)
     order = [v.name for v in ablation.variants]
     states = [run.state for run in runs]
     console.rule(f"[bold]ablation sweep {sweep_dir}")
@@ -193,8 +218,8 @@ def run_sweep(cli) -> None:
         f"{states.count('new')} to start"
     )
     started, trained = time.perf_counter(), 0
-    for i, run in enumerate(runs, 1):
-        state = run.state
+    for i, (run, state) in enumerate(zip(runs, states), 1):
+        # every process decides from the same files, read before this run starts: the states of one sweep agree
         if state == "finished":
             console.print(f"[dim]run {i}/{len(runs)} {run.label}: finished, skipped")
             continue
@@ -206,13 +231,16 @@ def run_sweep(cli) -> None:
             f"({'resuming from last.ckpt' if state == 'resume' else 'new'}; {elapsed / 60:.1f} min elapsed{eta})"
         )
         try:
-            train_run(cli, run, state)
+            train_run(cli, run, state, primary)
         except SIGTERMException:
             console.print(f"[bold red]run {i}/{len(runs)} {run.label} stopped by SIGTERM[/]; the sweep stops here")
             raise
         trained += 1
-        write_results(sweep_dir, collect(sweep_dir, order))
+        if primary:
+            write_results(sweep_dir, collect(sweep_dir, order))
 
+    if not primary:
+        return
     rows = collect(sweep_dir, order)
     write_results(sweep_dir, rows)
     from lit_vit.ablation.plots import plot_sweep
@@ -222,18 +250,23 @@ def run_sweep(cli) -> None:
     console.print(f"results: {sweep_dir / 'results.csv'}; plots: {', '.join(p.name for p in written)}")
 
 
-def train_run(cli, run: Run, state: str) -> None:
-    if state == "new":
+def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
+    if state == "new" and primary:
         # leftovers of a run killed before its first checkpoint (no checkpoint, no done.json: nothing to resume or
         # keep): start clean, as a new fit writes only into an empty folder
         shutil.rmtree(run.dir, ignore_errors=True)
     argv = run.argv + (["--ckpt_path=last"] if state == "resume" else [])
     speed = TrainSpeed()
-    with _argv(sys.argv[0]):
+    # sys.argv stays the sweep's own command line: Lightning's DDP launcher starts the other ranks with it, and
+    # they run the same sweep (LightningCLI warns when it gets args while sys.argv holds others: expected here)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
         run_cli = type(cli)(args=argv, callbacks=[speed])
     trainer = run_cli.trainer
     if trainer.state.status != TrainerStatus.FINISHED or trainer.interrupted:
         raise RuntimeError(f"run {run.label} did not finish ({trainer.state.status}); rerun the command to resume it")
+    if not primary:
+        return
     row = summarise_run(
         run.dir,
         run.variant.name,
