@@ -20,3 +20,8 @@ $B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 32 --
 $B --variant Ti --img-size 32 --patch-size 4 --num-classes 10 --batch-size 8 --warmup 3 --repeats 41
 # torch.compile of both models (the quickstart ViT; compilation happens in the warm-up)
 $B --config experiments/quickstart.yaml --batch-size 32 --warmup 2 --repeats 9 --compile
+# hybrid ViTs against timm's hybrids, one thread (BENCHMARKS.md, "Hybrid ViT against timm's hybrid")
+H="python -m lit_vit bench --threads 1"
+$H --config experiments/hybrid_embedded.yaml --batch-size 32 --warmup 2 --repeats 9 --label "hybrid_embedded"
+$H --config benchmarks/hybrid_r_ti16_224.yaml --batch-size 8 --warmup 2 --repeats 9
+$H --config benchmarks/hybrid_r50_b16_224.yaml --batch-size 2 --warmup 1 --repeats 5
