@@ -77,7 +77,8 @@ def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
 
 # What a fit that stopped before its first logged step leaves behind (e.g. data checked at setup): nothing trained, so a
 # rerun may write there again.
-STARTUP_FILES = {"config.yaml", "hparams.yaml"}
+# claim.json: an ablation sweep's claim on the run folder (lit_vit.ablation.claims), taken before the run starts.
+STARTUP_FILES = {"config.yaml", "hparams.yaml", "claim.json"}
 
 
 def _is_nonempty_dir(path: Path) -> bool:

@@ -33,15 +33,21 @@ class Ablation:
         variants: the variants, each a name and its config overrides.
         seeds: seeds of each variant's runs (seed_everything, and the data order / augmentation seed when the data
             module has one).
+        workers: runs trained at once on this machine, each by its own process (`python -m lit_vit fit --config
+            <sweep dir>/sweep.yaml --ablation.workers 1`) that claims runs one at a time; on CPU each worker gets
+            cpu_count / workers torch threads (or num_threads), on GPUs its own slice of the visible devices.
     """
 
     variants: list[Variant]
     seeds: list[int] = field(default_factory=lambda: [0])
+    workers: int = 1
 
     def __post_init__(self) -> None:
         self.variants = [v if isinstance(v, Variant) else Variant(**dict(v)) for v in self.variants]
         if not self.variants:
             raise ConfigError("ablation.variants is empty; list at least one {name, overrides} entry")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"ablation.workers must be a positive integer, got {self.workers!r}; e.g. workers: 2")
         if not self.seeds:
             raise ConfigError("ablation.seeds is empty; give at least one seed, e.g. seeds: [0, 1]")
         names = [v.name for v in self.variants]
@@ -69,4 +75,8 @@ class Ablation:
         if isinstance(value, Ablation):
             return value
         data = value.as_dict() if hasattr(value, "as_dict") else dict(value)
-        return cls(variants=[Variant(**dict(v)) for v in data["variants"]], seeds=list(data.get("seeds") or [0]))
+        return cls(
+            variants=[Variant(**dict(v)) for v in data["variants"]],
+            seeds=list(data.get("seeds") or [0]),
+            workers=data.get("workers", 1),
+        )

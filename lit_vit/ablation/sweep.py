@@ -17,6 +17,9 @@
 import difflib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
+from lit_vit.ablation.claims import CLAIM_FILE, read_claim, try_claim
 from lit_vit.ablation.config import Ablation, Variant
 from lit_vit.ablation.results import (
     collect,
@@ -164,7 +168,13 @@ def is_primary_process() -> bool:
 
 
 # Options a rerun may change without changing any number a finished run produced.
-RERUN_MAY_CHANGE = ("num_threads", "ckpt_path", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+RERUN_MAY_CHANGE = (
+    "num_threads",
+    "ckpt_path",
+    "checkpoint_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 
 
 def check_rerun(sweep_dir: Path, runs: list[Run], new_config: str) -> None:
@@ -215,14 +225,79 @@ def run_sweep(cli) -> None:
     console.print(
         f"{len(ablation.variants)} variants x {len(ablation.seeds)} seeds = {len(runs)} runs: "
         f"{states.count('finished')} finished (skipped), {states.count('resume')} to resume, "
-        f"{states.count('new')} to start"
+        f"{states.count('new')} to start" + (f"; {ablation.workers} workers" if ablation.workers > 1 else "")
     )
+    if ablation.workers > 1:
+        if not single_process(cfg.trainer):
+            raise ConfigError(
+                f"ablation.workers {ablation.workers} runs single-process runs side by side; this config trains each "
+                "run on several processes (devices / num_nodes / WORLD_SIZE): set workers: 1 for multi-device runs"
+            )
+        run_workers(sweep_dir, ablation.workers, cfg.get("num_threads"), console)
+    else:
+        train_runs(cli, runs, states, primary, single_process(cfg.trainer), console)
+    if not primary:
+        return
+    rows = collect(sweep_dir, order)
+    write_results(sweep_dir, rows)
+    unfinished = [r for r in runs if r.state != "finished"]
+    if unfinished:
+        held = [f"{r.label} ({(read_claim(r.dir) or {}).get('host', '?')}:{(read_claim(r.dir) or {}).get('pid', '?')})"
+                for r in unfinished if read_claim(r.dir)]  # fmt: skip
+        console.print(
+            f"{len(unfinished)} run(s) not finished here"
+            + (f"; being trained by other processes: {', '.join(held)}" if held else "")
+            + ". The process that finishes the last run writes results.csv and the plots (or `python -m lit_vit plot "
+            f"{sweep_dir}`)"
+        )
+        if any(not read_claim(r.dir) for r in unfinished):
+            raise RuntimeError(f"{len(unfinished)} run(s) did not finish; rerun the command to resume them")
+        return
+    from lit_vit.ablation.plots import plot_sweep
+
+    written = plot_sweep(sweep_dir)
+    console.print(summary_table(rows, order))
+    console.print(f"results: {sweep_dir / 'results.csv'}; plots: {', '.join(p.name for p in written)}")
+
+
+def single_process(trainer_cfg) -> bool:
+    """Whether each run of this config trains in one process (so runs can be claimed and run side by side)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (trainer_cfg.get("num_nodes") or 1) > 1:
+        return False
+    devices = trainer_cfg.get("devices")
+    if devices in (1, "1") or (isinstance(devices, list) and len(devices) == 1):
+        return True
+    if devices in (None, "auto"):
+        import torch
+
+        return str(trainer_cfg.get("accelerator") or "auto") == "cpu" or torch.cuda.device_count() <= 1
+    return False
+
+
+def train_runs(cli, runs: list[Run], states: list[str], primary: bool, claims: bool, console: Console) -> None:
+    """Train the runs in order, skipping finished ones. With `claims` (one process per run), a run is trained only
+    under its claim, so other sweep processes on this folder (workers, other hosts) never train it at the same time;
+    a multi-process (DDP) sweep trains every run on all its ranks and does not claim."""
+    sweep_dir = runs[0].dir.parent.parent if runs else Path(".")
+    order = list(dict.fromkeys(r.variant.name for r in runs))
     started, trained = time.perf_counter(), 0
     for i, (run, state) in enumerate(zip(runs, states), 1):
-        # every process decides from the same files, read before this run starts: the states of one sweep agree
+        # every process of a DDP sweep decides from the same files, read before this run starts: their states agree
         if state == "finished":
             console.print(f"[dim]run {i}/{len(runs)} {run.label}: finished, skipped")
             continue
+        claim = None
+        if claims:
+            claim = try_claim(run.dir)
+            if claim is None:
+                holder = read_claim(run.dir) or {}
+                console.print(f"[dim]run {i}/{len(runs)} {run.label}: trained by {holder.get('host')}:"
+                              f"{holder.get('pid')}, skipped")  # fmt: skip
+                continue
+            state = run.state  # read again under the claim: another process may have finished it meanwhile
+            if state == "finished":
+                claim.release()
+                continue
         remaining = sum(1 for r in runs[i - 1 :] if r.state != "finished")
         elapsed = time.perf_counter() - started
         eta = f", ~{elapsed / trained * remaining / 60:.1f} min left" if trained else ""
@@ -235,26 +310,81 @@ def run_sweep(cli) -> None:
         except SIGTERMException:
             console.print(f"[bold red]run {i}/{len(runs)} {run.label} stopped by SIGTERM[/]; the sweep stops here")
             raise
+        finally:
+            if claim is not None:
+                claim.release()
         trained += 1
         if primary:
             write_results(sweep_dir, collect(sweep_dir, order))
 
-    if not primary:
-        return
-    rows = collect(sweep_dir, order)
-    write_results(sweep_dir, rows)
-    from lit_vit.ablation.plots import plot_sweep
 
-    written = plot_sweep(sweep_dir)
-    console.print(summary_table(rows, order))
-    console.print(f"results: {sweep_dir / 'results.csv'}; plots: {', '.join(p.name for p in written)}")
+def worker_slices(workers: int, num_threads: int | None) -> list[dict[str, str]]:
+    """Environment of each worker: its own GPUs when there are any (e.g. 8 GPUs, 4 workers -> 2 each), on CPU its
+    share of the cores as torch threads."""
+    import torch
+
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [g for g in gpus.split(",") if g] if gpus else [str(i) for i in range(torch.cuda.device_count())]
+    envs = []
+    for i in range(workers):
+        env = {}
+        if visible:
+            per = max(1, len(visible) // workers)
+            mine = visible[i * per : (i + 1) * per] or [visible[i % len(visible)]]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        threads = num_threads or max(1, (os.cpu_count() or 1) // workers)
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["LIT_VIT_WORKER_THREADS"] = str(threads)
+        envs.append(env)
+    return envs
+
+
+def run_workers(sweep_dir: Path, workers: int, num_threads: int | None, console: Console) -> None:
+    """Start `workers` sweep processes on this folder, each claiming runs one at a time, and wait for them. Their
+    output goes to <sweep dir>/logs/worker<i>.log; SIGTERM / Ctrl-C stop them (each saves its last.ckpt)."""
+    logs = sweep_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, env in enumerate(worker_slices(workers, num_threads)):
+        argv = [sys.executable, "-m", "lit_vit", "fit", f"--config={sweep_dir / SWEEP_CONFIG}", "--ablation.workers=1"]
+        argv.append(f"--num_threads={env['LIT_VIT_WORKER_THREADS']}")
+        log = open(logs / f"worker{i}.log", "w")  # noqa: SIM115 - closed below, after the process ends
+        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}), log))
+        console.print(f"worker {i}: pid {procs[-1][0].pid}, {env}, log {logs / f'worker{i}.log'}")
+
+    def stop(signum, frame):
+        for p, _ in procs:
+            p.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [p.wait() for p, _ in procs]
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+        codes = [p.wait() for p, _ in procs]
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for _, log in procs:
+            log.close()
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if any(c == 128 + signal.SIGTERM or c == -signal.SIGTERM for _, c in failed):
+        raise SIGTERMException()
+    if failed:
+        raise ConfigError(
+            "sweep worker(s) failed: "
+            + ", ".join(f"worker {i} exit {c} (see {logs / f'worker{i}.log'})" for i, c in failed)
+            + "; fix the cause and rerun the command: finished runs are kept, the others resume"
+        )
 
 
 def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
-    if state == "new" and primary:
+    if state == "new" and primary and run.dir.is_dir():
         # leftovers of a run killed before its first checkpoint (no checkpoint, no done.json: nothing to resume or
-        # keep): start clean, as a new fit writes only into an empty folder
-        shutil.rmtree(run.dir, ignore_errors=True)
+        # keep): start clean, as a new fit writes only into an empty folder (this process's claim stays)
+        for path in run.dir.iterdir():
+            if path.name != CLAIM_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     argv = run.argv + (["--ckpt_path=last"] if state == "resume" else [])
     speed = TrainSpeed()
     # sys.argv stays the sweep's own command line: Lightning's DDP launcher starts the other ranks with it, and
