@@ -5,6 +5,7 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 """
 
 import importlib
+import importlib.util
 import os
 import pickle
 import re
@@ -17,7 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -217,6 +218,14 @@ class LitViTCLI(LightningCLI):
             "--predict_output", type=str | None, default=None, help="predict CSV (default <run dir>/predictions.csv)"
         )
         parser.add_argument(
+            "--tensorboard",
+            type=bool,
+            default=False,
+            help="fit: also log to TensorBoard in <run dir>/tensorboard/ (needs the extra: pip install -e "
+            "'.[tensorboard]'); metrics.csv is written either way, and any Lightning logger given as --trainer.logger "
+            "is added beside it",
+        )
+        parser.add_argument(
             "--num_threads",
             type=int | None,
             default=None,
@@ -284,6 +293,20 @@ class LitViTCLI(LightningCLI):
             )
         if self.subcommand == "fit":
             check_training_length(cfg.trainer)
+            if cfg.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError(
+                    "--tensorboard true needs the tensorboard package: pip install -e '.[tensorboard]' (or pip install "
+                    "tensorboard), or leave --tensorboard off"
+                )
+            strategy = cfg.trainer.get("strategy")
+            name = str(getattr(strategy, "class_path", strategy) or "").lower()
+            if "fsdp" in name and not torch.cuda.is_available():
+                raise ConfigError(
+                    f"--trainer.strategy {getattr(strategy, 'class_path', strategy)}: FSDP needs GPUs (torch's FSDP "
+                    "refuses CPU-only processes) and none is visible here; use ddp (or one device) on CPUs"
+                )
+            if cfg.get("tensorboard") and cfg.trainer.get("logger") is False:
+                raise ConfigError("--tensorboard true with --trainer.logger false: remove one of them")
         if cfg.get("checkpoint_every_n_steps") is not None and cfg.checkpoint_every_n_steps < 0:
             raise ConfigError(
                 f"--checkpoint_every_n_steps must be 0 (only at validation and epoch ends) or more, got "
@@ -294,9 +317,22 @@ class LitViTCLI(LightningCLI):
         cfg = self.config_init[self.subcommand]
         trainer_cfg = cfg.trainer
         root = self.run_dir
-        if self.subcommand == "fit" and trainer_cfg.get("logger") in (None, True):
-            kwargs["logger"] = RunLogger(str(root))
         callbacks = list(trainer_cfg.get("callbacks") or [])
+        user_logger = trainer_cfg.get("logger")
+        if self.subcommand == "fit" and user_logger is not False:
+            # metrics.csv is always written (the sweep, plot and resume read it); configured loggers come beside it
+            extra = (
+                []
+                if user_logger in (None, True)
+                else list(user_logger if isinstance(user_logger, list) else [user_logger])
+            )
+            if cfg.get("tensorboard"):
+                from lightning.pytorch.loggers import TensorBoardLogger
+
+                extra.append(TensorBoardLogger(str(root), name="tensorboard", version=""))
+            kwargs["logger"] = [RunLogger(str(root)), *extra]
+            if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
             monitor, mode = getattr(self.model, "monitor", ("val/acc1", "max"))
             callbacks += [

@@ -135,3 +135,74 @@ def test_a_worker_killed_with_sigkill_leaves_its_run_to_the_rerun(tmp_path):
     done = json.loads((first / "done.json").read_text())
     assert done["steps"] == 157 and killed_step >= 3  # resumed from the killed run's checkpoint to the epoch's end
     assert not (first / "claim.json").exists() and len(read_results(root)) == 4
+
+
+def test_tensorboard_and_other_loggers_come_beside_metrics_csv_with_the_lr_per_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from conftest import tiny_fit_args
+
+    run = tmp_path / "run"
+    extra = tmp_path / "extra"
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(extra)}}
+    main(tiny_fit_args(run, "--tensorboard=true", f"--trainer.logger={json.dumps(logger)}"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(extra.rglob("metrics.csv"))  # the configured logger got the metrics too
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lr_columns = [c for c in rows[0] if c.startswith("lr-")]
+    assert lr_columns  # LearningRateMonitor, every log step (log_every_n_steps 2, 4 steps)
+    assert len([r for r in rows if r[lr_columns[0]]]) >= 2
+
+
+def test_a_sweep_gives_every_run_its_own_tensorboard_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    root = tmp_path / "out"
+    config = sweep_config(root, seeds=(0,))
+    config["trainer"]["callbacks"] = []
+    config["tensorboard"] = True
+    main(["fit", f"--config={write_config(tmp_path / 'sweep.yaml', config)}", "--num_threads=1"])
+    for variant in ("none", "learned_1d"):
+        assert list((root / variant / "seed=0" / "tensorboard").glob("events.out.tfevents.*"))
+    rows = read_results(root)
+    assert all(float(r["train_images_per_s"]) > 0 and float(r["wall_s"]) > 0 for r in rows)  # ThroughputLogger's
+
+
+def test_the_fsdp_wrap_policy_makes_one_unit_per_transformer_block():
+    from lit_vit.models import T2TViT, VisionTransformer
+    from lit_vit.models.layers import Block
+    from lit_vit.models.vilt import ViLT
+    from lit_vit.strategies import TransformerFSDP, block_wrap_policy
+
+    policy = block_wrap_policy()
+    models = {
+        "vit": VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2),
+        "t2t": T2TViT(img_size=32, tokens_type="performer", embed_dim=32, depth=2, num_heads=2, token_dim=8),
+        "vilt": ViLT(vocab_size=50, max_text_len=12, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4),
+    }
+    try:
+        from lit_vit.models import HybridViT
+
+        models["hybrid"] = HybridViT(variant="R-Ti/16")
+    except ImportError:
+        pass
+    for name, model in models.items():
+        units = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
+        assert units == list(model.blocks), name  # every block, in order, and nothing else
+        assert all(isinstance(u, Block) for u in units)
+        assert policy(module=model, recurse=True, nonwrapped_numel=0)  # the policy descends into every child
+    strategy = TransformerFSDP(activation_checkpointing=True)
+    assert strategy.sharding_strategy.name == "FULL_SHARD"
+
+
+@pytest.mark.parametrize("recipe", ["vit_l16_fsdp", "vit_h14_fsdp"])
+def test_the_fsdp_recipes_parse_and_fsdp_on_a_cpu_is_a_clear_error(recipe, capsys, tmp_path):
+    path = f"experiments/imagenet/{recipe}.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", f"--config={path}", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["strategy"]["class_path"] == "lit_vit.strategies.TransformerFSDP"
+    assert printed["model"]["init_args"]["backbone"]["init_args"]["variant"] in ("L", "H")
+    # FSDP needs GPUs (torch refuses CPU-only processes): said before anything starts
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", f"--config={path}", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path / 'r'}"])
+    assert exc.value.code == 2 and "FSDP needs GPUs" in capsys.readouterr().err

@@ -47,7 +47,7 @@ from lit_vit.ablation.results import (
     write_done,
     write_results,
 )
-from lit_vit.callbacks.artifacts import TrainSpeed
+from lit_vit.callbacks.throughput import ThroughputLogger
 from lit_vit.config_diff import describe, differences
 from lit_vit.errors import ConfigError
 
@@ -378,6 +378,11 @@ def run_workers(sweep_dir: Path, workers: int, num_threads: int | None, console:
         )
 
 
+def cli_callbacks(cli) -> list:
+    """The trainer callbacks of the sweep's config (class_path entries), as parsed."""
+    return list(cli.config["fit"].trainer.get("callbacks") or [])
+
+
 def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
     if state == "new" and primary and run.dir.is_dir():
         # leftovers of a run killed before its first checkpoint (no checkpoint, no done.json: nothing to resume or
@@ -386,17 +391,20 @@ def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
             if path.name != CLAIM_FILE:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     argv = run.argv + (["--ckpt_path=last"] if state == "resume" else [])
-    speed = TrainSpeed()
+    # the run's throughput and wall time, from its own ThroughputLogger when the config has one (no per-step syncs)
+    configured = any("ThroughputLogger" in str(getattr(c, "class_path", c)) for c in cli_callbacks(cli))
+    extra = [] if configured else [ThroughputLogger()]
     # sys.argv stays the sweep's own command line: Lightning's DDP launcher starts the other ranks with it, and
     # they run the same sweep (LightningCLI warns when it gets args while sys.argv holds others: expected here)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
-        run_cli = type(cli)(args=argv, callbacks=[speed])
+        run_cli = type(cli)(args=argv, callbacks=extra)
     trainer = run_cli.trainer
     if trainer.state.status != TrainerStatus.FINISHED or trainer.interrupted:
         raise RuntimeError(f"run {run.label} did not finish ({trainer.state.status}); rerun the command to resume it")
     if not primary:
         return
+    speed = next(c for c in trainer.callbacks if isinstance(c, ThroughputLogger))
     row = summarise_run(
         run.dir,
         run.variant.name,

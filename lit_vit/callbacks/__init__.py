@@ -1,4 +1,4 @@
-from lit_vit.callbacks.artifacts import TrainSpeed, ViTArtifacts
+from lit_vit.callbacks.artifacts import ViTArtifacts
 from lit_vit.callbacks.ema import EMA
 from lit_vit.callbacks.fewshot import FewShotEval
 from lit_vit.callbacks.predict import PredictionCSVWriter
@@ -13,6 +13,5 @@ __all__ = [
     "PredictionCSVWriter",
     "RunLogger",
     "ThroughputLogger",
-    "TrainSpeed",
     "ViTArtifacts",
 ]

@@ -12,9 +12,7 @@ across runs) and a PNG.
   there is none) onto the patches, on a few validation images.
 """
 
-import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -286,48 +284,3 @@ def write_artifacts(backbone, datamodule, out: Path, num_images: int = 128, roll
     finally:
         backbone.train(was_training)
     return written
-
-
-class TrainSpeed(Callback):
-    """Measures training throughput (images per second of training steps: forward, backward, optimiser; data loading
-    and validation excluded) and the wall time of fit; both accumulate over resumed runs through the checkpoint."""
-
-    def __init__(self) -> None:
-        self.images, self.step_seconds, self.fit_seconds = 0, 0.0, 0.0
-        self._step_start = self._fit_start = None
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.step_seconds if self.step_seconds else float("nan")
-
-    @property
-    def wall_seconds(self) -> float:
-        return self.fit_seconds + (time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0)
-
-    def _sync(self, pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit_seconds, self._fit_start = self.wall_seconds, None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
-        self._sync(pl_module)
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, *args) -> None:
-        self._sync(pl_module)
-        self.step_seconds += time.perf_counter() - self._step_start
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        self.images += len(x) * trainer.world_size
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "step_seconds": self.step_seconds, "fit_seconds": self.wall_seconds}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.images = state_dict.get("images", 0)
-        self.step_seconds = state_dict.get("step_seconds", 0.0)
-        self.fit_seconds = state_dict.get("fit_seconds", 0.0)

@@ -20,6 +20,10 @@ class ThroughputLogger(L.Callback):
     MFU = achieved FLOP/s / the device's dense peak for the trainer's precision (from lit_vit.perf.PEAK_TFLOPS, or
     `peak_tflops`); it is not logged when the peak is unknown, as on any CPU.
 
+    It also keeps, across resumes (in the checkpoint), the run's totals that the ablation sweep records for every
+    run: `images_per_second` (samples trained / training time, validation excluded) and `wall_seconds` (time
+    spent in fit).
+
     Args:
         peak_tflops: peak TFLOP/s of one device for MFU (default: looked up from the GPU name and the precision).
     """
@@ -33,12 +37,35 @@ class ThroughputLogger(L.Callback):
         self._samples = 0
         self._steps = 0
         self.samples_trained = 0  # since the run began, resumes included (saved in the checkpoint)
+        self.train_seconds = 0.0  # training time of those samples (validation excluded), resumes included
+        self.fit_seconds = 0.0  # time spent in fit by earlier sessions of the run
+        self._fit_start: float | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.samples_trained / self.train_seconds if self.train_seconds else float("nan")
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.fit_seconds + (time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0)
 
     def state_dict(self) -> dict:
-        return {"samples_trained": self.samples_trained}
+        return {
+            "samples_trained": self.samples_trained,
+            "train_seconds": self.train_seconds,
+            "fit_seconds": self.wall_seconds,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.samples_trained = state_dict.get("samples_trained", 0)
+        self.train_seconds = state_dict.get("train_seconds", 0.0)
+        self.fit_seconds = state_dict.get("fit_seconds", 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_seconds, self._fit_start = self.wall_seconds, None
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         if trainer.is_global_zero:
@@ -69,8 +96,7 @@ class ThroughputLogger(L.Callback):
         self._steps += 1
         if trainer.fit_loop._should_accumulate() or (trainer.global_step % trainer.log_every_n_steps):
             return
-        synchronize(trainer.strategy.root_device)
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self._close_interval(trainer)
         samples_per_s = self._samples / elapsed
         metrics = {"throughput/samples_per_s": samples_per_s, "throughput/step_time_s": elapsed / self._steps}
         if self.flops_per_sample:
@@ -82,10 +108,26 @@ class ThroughputLogger(L.Callback):
         self._log(trainer, metrics)
         self._restart(trainer)
 
+    def _close_interval(self, trainer: L.Trainer) -> float:
+        """Synchronise, add the interval since the last restart to the training time, and return its length."""
+        synchronize(trainer.strategy.root_device)
+        elapsed = time.perf_counter() - self._t0
+        self.train_seconds += elapsed
+        return elapsed
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.flops_per_sample:
             self._log(trainer, {"throughput/train_flops": float(self.flops_per_sample * self.samples_trained)})
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit" and self._t0 is not None:
+            self._close_interval(trainer)  # the training time since the last restart; validation is not counted
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._restart(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._t0 is not None:
+            self._close_interval(trainer)
+            self._t0 = None
