@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +21,7 @@ from lit_vit.modules.layer_decay import layer_id
 from lit_vit.modules.mixing import BatchMixer, Mixup
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 
 # one option on at a time (the others off), each against the plain pad-and-crop pipeline
 OPTIONS = {
@@ -306,3 +308,29 @@ def test_fewshot_and_other_evaluations_find_the_averaged_module_while_ema_is_on(
     found = averaged_module(trainer, model)
     assert found is ema._average_model.module
     assert not torch.equal(found.backbone.head.weight, model.backbone.head.weight)
+
+
+def test_deit_embedded_recipe_runs_from_its_yaml(tmp_path):
+    run = tmp_path / "run"
+    main(["fit", "--config", str(REPO / "experiments/deit_embedded.yaml"), f"--trainer.default_root_dir={run}",
+          "--trainer.max_steps=3", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+          "--trainer.enable_progress_bar=false"])  # fmt: skip
+    last = ckpt(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 3 and int(last["averaging_state"]["n_averaged"]) == 3
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["mixup"]["cutmix_alpha"] == 1.0
+    assert config["data"]["init_args"]["augment_policy"]["auto_augment"] == "randaugment"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["experiments/cifar10/vit_deit.yaml", "experiments/imagenet/deit_s16.yaml", "experiments/imagenet/t2t_vit_14.yaml"],
+)
+def test_gpu_recipes_parse_with_every_part(path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(REPO / path), "--print_config"])
+    assert exc.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["mixup"]["mixup_alpha"] == 0.8
+    assert config["data"]["init_args"]["augment_policy"]["erasing_prob"] == 0.25
+    assert [c["class_path"] for c in config["trainer"]["callbacks"]] == ["lit_vit.callbacks.EMA"]
