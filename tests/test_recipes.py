@@ -334,3 +334,23 @@ def test_gpu_recipes_parse_with_every_part(path, capsys):
     assert config["model"]["init_args"]["mixup"]["mixup_alpha"] == 0.8
     assert config["data"]["init_args"]["augment_policy"]["erasing_prob"] == 0.25
     assert [c["class_path"] for c in config["trainer"]["callbacks"]] == ["lit_vit.callbacks.EMA"]
+
+
+def test_a_checkpoint_saved_by_a_callback_listed_before_ema_holds_this_steps_update(tmp_path):
+    import lightning as L
+    from _cli_callbacks import CrashAtStep
+
+    from lit_vit.callbacks import LastCheckpoint
+
+    L.seed_everything(0)
+    model = ImageClassifier(VisionTransformer(**TINY_VIT["init_args"]))
+    trainer = L.Trainer(
+        max_steps=5, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+        # the checkpoint's hooks run first; the crash keeps the periodic checkpoint of step 3 as the last one
+        callbacks=[LastCheckpoint(tmp_path, every_n_steps=3), EMA(decay=0.5), CrashAtStep(4)],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(model, DigitsDataModule(batch_size=16))
+    saved = ckpt(tmp_path / "last.ckpt")
+    assert int(saved["averaging_state"]["n_averaged"]) == 3 and saved["callbacks"]["EMA"]["latest_update_step"] == 3

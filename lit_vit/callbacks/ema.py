@@ -57,6 +57,7 @@ class EMA(EMAWeightAveraging):
         )
         self.decay = decay
         self._checkpoint: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pass  # see the module docstring: the average is built in on_fit_start
@@ -66,7 +67,24 @@ class EMA(EMAWeightAveraging):
         if trainer.state.fn == "fit":
             self._checkpoint = checkpoint
 
+    def state_dict(self) -> dict[str, Any]:
+        # A checkpoint written in on_train_batch_end by a callback that runs before this one (e.g. LastCheckpoint
+        # listed first) would miss this step's update, and a run resumed from it would never make it: make it now
+        # (on_train_batch_end then sees it done). Lightning asks for this state before on_save_checkpoint.
+        trainer = self._trainer
+        if (
+            trainer is not None
+            and self._average_model is not None
+            and trainer.training
+            and trainer.global_step > self._latest_update_step
+            and self.should_update(step_idx=trainer.global_step - 1)
+        ):
+            self._average_model.update_parameters(trainer.lightning_module)
+            self._latest_update_step = trainer.global_step
+        return super().state_dict()
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trainer = trainer
         self._average_model = AveragedModel(
             model=pl_module, device=self._device or pl_module.device, use_buffers=self._use_buffers, **self._kwargs
         )
