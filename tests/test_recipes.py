@@ -354,3 +354,12 @@ def test_a_checkpoint_saved_by_a_callback_listed_before_ema_holds_this_steps_upd
         trainer.fit(model, DigitsDataModule(batch_size=16))
     saved = ckpt(tmp_path / "last.ckpt")
     assert int(saved["averaging_state"]["n_averaged"]) == 3 and saved["callbacks"]["EMA"]["latest_update_step"] == 3
+
+
+def test_resuming_an_ema_run_without_the_ema_callback_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(tiny_fit_args(run, ema_arg(decay=0.8), "--num_threads=1"))
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_fit_args(run, "--ckpt_path=last", "--num_threads=1", max_epochs=2))
+    assert exc.value.code == 2
+    assert "trained with an EMA callback" in capsys.readouterr().err

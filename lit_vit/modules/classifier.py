@@ -7,6 +7,7 @@ from dataclasses import asdict
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -219,6 +220,19 @@ class ImageClassifier(L.LightningModule):
                 f"{size[0]}x{size[1]}; set model.init_args.backbone.init_args.img_size to {list(dm.img_size)} "
                 "(position embeddings are resampled when loading weights of another size)"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # An EMA checkpoint's state_dict is the average; only the EMA callback puts the trained weights back, so a fit
+        # resumed without it would silently continue from the average.
+        trainer = self._trainer
+        resuming = trainer is not None and trainer.state.fn == "fit"
+        if resuming and "current_model_state" in checkpoint:
+            if not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
+                raise ConfigError(
+                    "the checkpoint was trained with an EMA callback (its state_dict is the averaged weights) but this "
+                    "fit has none; resume with the same trainer.callbacks (e.g. the run's config.yaml), or start a "
+                    "new run from its weights with --model.init_args.pretrained <checkpoint>"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
