@@ -363,3 +363,21 @@ def test_resuming_an_ema_run_without_the_ema_callback_is_refused(tmp_path, capsy
         main(tiny_fit_args(run, "--ckpt_path=last", "--num_threads=1", max_epochs=2))
     assert exc.value.code == 2
     assert "trained with an EMA callback" in capsys.readouterr().err
+
+
+def test_policy_augmentation_does_not_depend_on_workers_and_leaves_validation_alone():
+    policy = AugmentPolicy(color_jitter=0.4, erasing_prob=0.5)
+
+    def batches(workers, augment_policy):
+        dm = DigitsDataModule(
+            num_workers=workers, persistent_workers=False, batch_size=64, augment_policy=augment_policy
+        )
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(2)
+        return [x for x, _ in loader][:3], [x for x, _ in dm.val_dataloader()]
+
+    (train0, val0), (train2, _), (plain_train, plain_val) = batches(0, policy), batches(2, policy), batches(0, None)
+    assert all(torch.equal(a, b) for a, b in zip(train0, train2))
+    assert all(torch.equal(a, b) for a, b in zip(val0, plain_val))  # validation images are the plain ones
+    assert not torch.equal(train0[0], plain_train[0])
