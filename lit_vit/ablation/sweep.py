@@ -2,15 +2,18 @@
 
 `python -m lit_vit fit --config <yaml with an ablation: section>` lands here (LitViTCLI hands over). The sweep
 
-1. writes the resolved config to `<sweep dir>/sweep.yaml` and builds each run's command line from it: the
-   variant's overrides, `--seed_everything <n>` (and `--data.init_args.seed <n>` when the data module has a seed),
-   `--trainer.default_root_dir <sweep dir>/<variant>/seed=<n>`;
+1. writes the resolved config to `<sweep dir>/sweep.yaml` (a rerun must resolve to the same config, see
+   `check_rerun`) and derives each run's config from the parsed one, never from text: a clone with the variant's
+   overrides, `seed_everything <n>` (and `data.init_args.seed <n>` when the data module has a seed) and
+   `trainer.default_root_dir <sweep dir>/<variant>/seed=<n>`, handed to LightningCLI as a dict;
 2. validates every run before the first one starts: unknown override keys, values the parser rejects, models
    that cannot be built (e.g. sincos_2d with a width not divisible by 4) and missing data (each variant's data
    module runs prepare_data and reads its class list, on local rank 0) are ConfigErrors naming the variant;
 3. runs them one after the other in this process: a run with `done.json` is skipped, a run with
    `checkpoints/last.ckpt` resumes from it (`--ckpt_path last`), any other starts from scratch; after fit, the
-   results row is written to `done.json` and `results.csv` is refreshed;
+   results row is written to `done.json` and `results.csv` is refreshed. A single-process run is trained only under
+   its claim (lit_vit.ablation.claims), so several sweep processes can share the folder; `ablation.workers` starts
+   such processes on this machine. Under DDP / torchrun / srun every rank trains every run and rank 0 writes;
 4. draws the plots (lit_vit.ablation.plots) when all runs are finished.
 """
 
@@ -48,7 +51,7 @@ from lit_vit.ablation.results import (
     write_results,
 )
 from lit_vit.callbacks.throughput import ThroughputLogger
-from lit_vit.config_diff import describe, differences
+from lit_vit.config_diff import describe, differences, flatten
 from lit_vit.errors import ConfigError
 
 SWEEP_CONFIG = "sweep.yaml"
@@ -59,7 +62,7 @@ class Run:
     variant: Variant
     seed: int
     dir: Path
-    argv: list[str]
+    config: Any  # the run's fit config (a jsonargparse Namespace), derived from the sweep's
 
     @property
     def label(self) -> str:
@@ -70,12 +73,6 @@ class Run:
         if read_done(self.dir) is not None:
             return "finished"
         return "resume" if (self.dir / "checkpoints" / "last.ckpt").is_file() else "new"
-
-
-def _format_value(value: Any) -> str:
-    import json
-
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _leaf_keys(cfg, prefix: str = "") -> list[str]:
@@ -115,36 +112,49 @@ def _raising(*parsers) -> Iterator[None]:
 
 
 def plan_runs(cli, ablation: Ablation, sweep_dir: Path, base_cfg) -> list[Run]:
-    """Every run's command line, seed-major (all variants of the first seed first, so a partial sweep compares)."""
+    """Every run's config, seed-major (all variants of the first seed first, so a partial sweep compares)."""
     has_data_seed = "data.init_args.seed" in base_cfg
     runs = []
     for seed in ablation.seeds:
         for variant in ablation.variants:
             rdir = run_dir(sweep_dir, variant.name, seed)
-            argv = ["fit", f"--config={sweep_dir / SWEEP_CONFIG}", "--ablation=null"]
-            argv += [f"--{k}={_format_value(v)}" for k, v in variant.overrides.items()]
-            argv += [f"--trainer.default_root_dir={rdir}", f"--seed_everything={seed}"]
+            cfg = base_cfg.clone()
+            cfg.ablation, cfg.ckpt_path = None, None
+            for key, value in variant.overrides.items():
+                _check_key(key, variant, base_cfg)
+                cfg[key] = value
+            cfg["trainer.default_root_dir"] = str(rdir)
+            cfg.seed_everything = seed
             if has_data_seed and "data.init_args.seed" not in variant.overrides:
-                argv.append(f"--data.init_args.seed={seed}")
-            runs.append(Run(variant, seed, rdir, argv))
+                cfg["data.init_args.seed"] = seed
+            runs.append(Run(variant, seed, rdir, cfg))
     return runs
 
 
+def run_args(run: Run, ckpt_path: str | None = None) -> dict[str, Any]:
+    """The `args` of LightningCLI for one run: its fit config as a dict (no --config file in between)."""
+    cfg = run.config.clone()
+    cfg.ckpt_path = ckpt_path
+    values = cfg.as_dict()
+    values.pop("config", None)  # the sweep's --config file list: the values are all here
+    return {"fit": values}
+
+
 def validate_runs(cli, runs: list[Run], base_cfg) -> None:
-    """Parse every run's arguments, build each variant's model and data module once and check that its data is
+    """Parse every run's config, build each variant's model and data module once and check that its data is
     there (prepare_data may download or extract it, as Lightning would at the start of the run); nothing is trained."""
+    # LightningCLI keeps the fit subcommand's parser only in this private attribute: it instantiates one run's
+    # classes (without a Trainer) and makes its errors raise instead of exiting
     fit_parser = cli._subcommand_parsers["fit"]
     built: set[str] = set()
     for run in runs:
-        for key in run.variant.overrides:
-            _check_key(key, run.variant, base_cfg)
         with _raising(cli.parser, fit_parser):
             try:
-                cfg = cli.parser.parse_args(run.argv)
-            except ArgumentError as err:
+                cfg = cli.parser.parse_object(run_args(run))
+            except (ArgumentError, TypeError, ValueError) as err:
                 raise ConfigError(
                     f"ablation variant {run.variant.name!r} (seed {run.seed}): its overrides "
-                    f"{run.variant.overrides} do not parse: {err}. Fix the variant's values"
+                    f"{run.variant.overrides} do not parse: {str(err).splitlines()[0]}. Fix the variant's values"
                 ) from err
         if run.variant.name in built:
             continue
@@ -184,7 +194,8 @@ def check_rerun(sweep_dir: Path, runs: list[Run], new_config: str) -> None:
     if not path.is_file() or not started:
         return
     old, new = yaml.safe_load(path.read_text()) or {}, yaml.safe_load(new_config) or {}
-    diffs = differences(new, old, ignore=(*RERUN_MAY_CHANGE, "ablation."))
+    known = set(flatten(old))  # options added to lit_vit after the sweep was written are not differences
+    diffs = [d for d in differences(new, old, ignore=(*RERUN_MAY_CHANGE, "ablation.")) if d[0] in known]
     old_variants = {v["name"]: v.get("overrides") or {} for v in (old.get("ablation") or {}).get("variants") or []}
     for v in (new.get("ablation") or {}).get("variants") or []:
         if v["name"] in old_variants and (v.get("overrides") or {}) != old_variants[v["name"]]:
@@ -215,7 +226,9 @@ def run_sweep(cli) -> None:
     check_rerun(sweep_dir, runs, dumped)
     if primary:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_CONFIG).write_text(dumped)
+        tmp = sweep_dir / (SWEEP_CONFIG + ".tmp")  # other ranks may read it at the same moment (torchrun)
+        tmp.write_text(dumped)
+        tmp.replace(sweep_dir / SWEEP_CONFIG)
     validate_runs(cli, runs, base_cfg)
 
     console = Console(stderr=True, quiet=not primary)
@@ -390,7 +403,7 @@ def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
         for path in run.dir.iterdir():
             if path.name != CLAIM_FILE:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    argv = run.argv + (["--ckpt_path=last"] if state == "resume" else [])
+    args = run_args(run, "last" if state == "resume" else None)
     # the run's throughput and wall time, from its own ThroughputLogger when the config has one (no per-step syncs)
     configured = any("ThroughputLogger" in str(getattr(c, "class_path", c)) for c in cli_callbacks(cli))
     extra = [] if configured else [ThroughputLogger()]
@@ -398,7 +411,7 @@ def train_run(cli, run: Run, state: str, primary: bool = True) -> None:
     # they run the same sweep (LightningCLI warns when it gets args while sys.argv holds others: expected here)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
-        run_cli = type(cli)(args=argv, callbacks=extra)
+        run_cli = type(cli)(args=args, callbacks=extra)
     trainer = run_cli.trainer
     if trainer.state.status != TrainerStatus.FINISHED or trainer.interrupted:
         raise RuntimeError(f"run {run.label} did not finish ({trainer.state.status}); rerun the command to resume it")
