@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lit_vit import lightning_fixes  # noqa: F401 - patches a Lightning SIGTERM deadlock (see the module)
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
 from lit_vit.config_diff import flatten

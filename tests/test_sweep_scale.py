@@ -23,16 +23,21 @@ def read_results(root) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_sweep_under_ddp_with_two_cpu_processes(tmp_path):
+LAUNCHERS = {
+    "lightning": [sys.executable, "-m", "lit_vit"],  # Lightning's launcher starts rank 1 with the same command
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "lit_vit"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_sweep_under_ddp_with_two_cpu_processes(tmp_path, launcher):
     root = tmp_path / "out"
     config = sweep_config(root, seeds=(0,))
     config["trainer"]["callbacks"] = []
     path = write_config(tmp_path / "sweep.yaml", config)
     argv = ["fit", f"--config={path}", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lit_vit", *argv], capture_output=True, text=True, env=env, timeout=600
-    )
+    proc = subprocess.run([*LAUNCHERS[launcher], *argv], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'expected "subcommand"' not in proc.stderr
     rows = read_results(root)
@@ -206,3 +211,46 @@ def test_the_fsdp_recipes_parse_and_fsdp_on_a_cpu_is_a_clear_error(recipe, capsy
     with pytest.raises(SystemExit) as exc:
         main(["fit", f"--config={path}", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path / 'r'}"])
     assert exc.value.code == 2 and "FSDP needs GPUs" in capsys.readouterr().err
+
+
+def test_a_ddp_sweep_stopped_by_sigterm_resumes_with_the_same_command(tmp_path):
+    root = tmp_path / "out"
+    config = sweep_config(root, seeds=(0,))
+    config["trainer"]["callbacks"] = []
+    config["trainer"]["limit_train_batches"] = 400  # 78 steps per epoch and process: long enough to be stopped
+    path = write_config(tmp_path / "sweep.yaml", config)
+    argv = ["fit", f"--config={path}", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    command = [sys.executable, "-m", "lit_vit", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    last = root / "none" / "seed=0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not last.is_file():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler does to the job's main process
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err and not (root / "none" / "seed=0" / "done.json").exists()
+    stopped_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "none seed=0 (resuming from last.ckpt" in proc.stderr
+    done = json.loads((root / "none" / "seed=0" / "done.json").read_text())
+    assert done["steps"] == 156 and 0 < stopped_at < 156  # 2 epochs x 78 steps, the first part before the stop
+    assert len(read_results(root)) == 2
+
+
+def test_the_sigterm_handler_runs_no_collective():
+    """Lightning 2.6's SIGTERM handler broadcasts from inside the signal handler and deadlocks DDP runs; lit_vit's
+    replacement only sets the flag that the training loop broadcasts at the next step."""
+    import inspect
+
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    import lit_vit.cli  # noqa: F401 - applies the patch
+    from lit_vit import lightning_fixes
+
+    assert "broadcast" not in inspect.getsource(_SignalConnector._sigterm_notifier_fn)
+    assert _SignalConnector._sigterm_notifier_fn is lightning_fixes._sigterm_notifier_without_collective
