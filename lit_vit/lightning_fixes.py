@@ -25,14 +25,14 @@ def _sigterm_notifier_without_collective(self, signum, _frame) -> None:
         launcher = self.trainer.strategy.launcher
         if launcher is not None:
             launcher.kill(signum)
-    self.received_sigterm = True  # broadcast to every rank at the next step by the training loop
+    self.received_sigterm = True  # the training loop shares it with every rank at the start of the next step
 
 
 def apply() -> bool:
     """Patch the SIGTERM handler when the installed Lightning broadcasts inside it; returns whether it patched."""
     connector = signal_connector._SignalConnector
     source = inspect.getsource(connector._sigterm_notifier_fn)
-    if "broadcast" not in source:
+    if "dist.broadcast" not in source:
         return False
     connector._sigterm_notifier_fn = _sigterm_notifier_without_collective
     return True

@@ -252,5 +252,5 @@ def test_the_sigterm_handler_runs_no_collective():
     import lit_vit.cli  # noqa: F401 - applies the patch
     from lit_vit import lightning_fixes
 
-    assert "broadcast" not in inspect.getsource(_SignalConnector._sigterm_notifier_fn)
+    assert "dist.broadcast" not in inspect.getsource(_SignalConnector._sigterm_notifier_fn)
     assert _SignalConnector._sigterm_notifier_fn is lightning_fixes._sigterm_notifier_without_collective
