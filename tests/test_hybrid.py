@@ -280,6 +280,8 @@ def test_compute_plot_draws_one_point_per_variant_and_needs_measured_compute(tmp
     read = read_results(tmp_path)
     assert [r["train_flops"] for r in read] == [2e12, 2e12, 2.3e12, 2.3e12]
     assert plot_compute(tmp_path, read) == tmp_path / "compute.png" and (tmp_path / "compute.png").stat().st_size
+    same = [{**r, "train_flops": 2e12} for r in read]  # every variant spent the same: no compute axis to plot
+    assert plot_compute(tmp_path, same) is None
     read[0]["train_flops"] = None  # a run without ThroughputLogger: no compute, no plot
     assert plot_compute(tmp_path, read) is None
 

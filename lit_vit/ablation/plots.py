@@ -9,7 +9,7 @@ rewrites `<sweep dir>/results.csv` from the finished runs and draws into the swe
 - curves.png: validation top-1 against epoch per variant (mean over seeds, min-max band);
 - compute.png: final validation top-1 against training compute, one point per variant (mean +- std over seeds), a line
   per backbone class: the shape of the ViT paper's Figure 5; drawn when the runs measured their compute
-  (ThroughputLogger's train_flops);
+  (ThroughputLogger's train_flops, which every sweep run has) and it differs between variants;
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
   (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
 """
@@ -135,10 +135,14 @@ def _backbone_name(sweep_dir: Path, variant: str, seed: int) -> str:
 def plot_compute(sweep_dir: Path, rows: list[dict]) -> Path | None:
     """Accuracy against training compute (the ViT paper's Figure 5): one point per variant (mean +- std over seeds
     of both), variants of one backbone class joined by a line in order of compute; None when a run has no measured
-    compute."""
+    compute, or when every run spent the same compute (within 1%: e.g. a position-embedding ablation, where the plot
+    would be one vertical line of points)."""
     import matplotlib.pyplot as plt
 
     if not rows or any(r.get("train_flops") is None for r in rows):
+        return None
+    spent = [r["train_flops"] for r in rows]
+    if max(spent) <= 1.01 * min(spent):
         return None
     scale, unit = next((s, u) for s, u in _FLOP_UNITS if max(r["train_flops"] for r in rows) >= s)
     points: dict[str, list[tuple[float, float, float, float, str]]] = {}  # family -> (flops, std, acc, std, variant)
