@@ -370,7 +370,8 @@ class LitViTCLI(LightningCLI):
 EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main", "plot": "lit_vit.ablation.plots:main"}
 
 
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# argparse takes "-1" and "-0.5" as values but reads a negative number with an exponent ("-1e-3") as an option
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def check_negative_numbers(argv: list[str]) -> None:

@@ -349,3 +349,14 @@ def test_the_eval_resize_follows_the_training_augmentation(tmp_path):
 
 def test_tiny_vit_config_is_the_one_the_cases_use():
     assert TINY_VIT["init_args"]["embed_dim"] == 32  # "64 here, 32 in the checkpoint" above depends on it
+
+
+def test_only_negative_numbers_with_an_exponent_need_an_equals_sign():
+    from lit_vit.cli import check_negative_numbers
+    from lit_vit.errors import ConfigError
+
+    for argv in (["--model.init_args.lr", "-0.5"], ["--trainer.max_epochs", "-1"], ["--x", "-.5"]):
+        check_negative_numbers(argv)  # argparse reads these as values: no error
+    for value in ("-1e-3", "-2.5E+2"):
+        with pytest.raises(ConfigError, match=f"write --model.init_args.lr={value}"):
+            check_negative_numbers(["--model.init_args.lr", value])
