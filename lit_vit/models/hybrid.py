@@ -13,18 +13,11 @@ from torch import nn
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import grid_size, to_2tuple
 from lit_vit.models.resnetv2 import build_resnet
+from lit_vit.models.variants import HYBRID_VARIANTS
 from lit_vit.models.vit import VIT_VARIANTS, VisionTransformer
 
 RESNET_WIDTHS = (256, 512, 1024, 2048)
 
-# The paper's / augreg's names; `timm` is timm's model name at 224 px (its `_384` twin is the same model at 384).
-HYBRID_VARIANTS: dict[str, dict] = {
-    "R-Ti/16": dict(timm="vit_tiny_r_s16_p8_224", layers=(), vit="Ti", patch_size=8),
-    "R26+ViT-S/32": dict(timm="vit_small_r26_s32_224", layers=(2, 2, 2, 2), vit="S", patch_size=1),
-    "R26+ViT-B/32": dict(timm="vit_base_r26_s32_224", layers=(2, 2, 2, 2), vit="B", patch_size=1),
-    "R50+ViT-B/16": dict(timm="vit_base_r50_s16_224", layers=(3, 4, 9), vit="B", patch_size=1),
-    "R50+ViT-L/32": dict(timm="vit_large_r50_s32_224", layers=(3, 4, 6, 3), vit="L", patch_size=1),
-}
 # timm name -> (our name, image size)
 TIMM_HYBRIDS: dict[str, tuple[str, int]] = {}
 for _name, _v in HYBRID_VARIANTS.items():

@@ -13,20 +13,9 @@ from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import Block, Mlp, build_pos_embed, merge_dims, to_2tuple
+from lit_vit.models.variants import T2T_VARIANTS
 from lit_vit.models.vit import init_weights, linear_head
 
-# The paper's Table 2 models; `_t` variants use the token transformer in the T2T module, the others the performer.
-T2T_VARIANTS: dict[str, dict] = {
-    "T2T-ViT-7": dict(tokens_type="performer", embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0),
-    "T2T-ViT-10": dict(tokens_type="performer", embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0),
-    "T2T-ViT-12": dict(tokens_type="performer", embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0),
-    "T2T-ViT-14": dict(tokens_type="performer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
-    "T2T-ViT-19": dict(tokens_type="performer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
-    "T2T-ViT-24": dict(tokens_type="performer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
-    "T2T-ViT_t-14": dict(tokens_type="transformer", embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0),
-    "T2T-ViT_t-19": dict(tokens_type="transformer", embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0),
-    "T2T-ViT_t-24": dict(tokens_type="transformer", embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0),
-}
 TOKEN_TYPES = ("performer", "transformer")
 REDUCTION = 16  # soft splits with strides 4, 2, 2
 

@@ -14,15 +14,7 @@ from lit_vit.models.layers import (
     merge_dims,
     to_2tuple,
 )
-
-# The paper's variants (Table 1) plus DeiT's Ti and S; the patch size is a separate argument ("ViT-B/16").
-VIT_VARIANTS: dict[str, dict[str, int]] = {
-    "Ti": dict(embed_dim=192, depth=12, num_heads=3),
-    "S": dict(embed_dim=384, depth=12, num_heads=6),
-    "B": dict(embed_dim=768, depth=12, num_heads=12),
-    "L": dict(embed_dim=1024, depth=24, num_heads=16),
-    "H": dict(embed_dim=1280, depth=32, num_heads=16),
-}
+from lit_vit.models.variants import VIT_VARIANTS
 
 
 def init_weights(module: nn.Module) -> None:

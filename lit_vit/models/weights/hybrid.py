@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.hybrid import HYBRID_VARIANTS, HybridViT
 from lit_vit.models.layers import resample_state_dict
-from lit_vit.models.vit import VIT_VARIANTS
+from lit_vit.models.variants import HYBRID_VARIANTS, VIT_VARIANTS
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 from lit_vit.models.weights.vit import vit_from_timm
 
@@ -52,7 +52,7 @@ def hybrid_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return vit_from_timm(sd)
 
 
-def load_hybrid_weights(model: HybridViT, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
+def load_hybrid_weights(model: nn.Module, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
     """Load timm hybrid or lit_vit (state dict or Lightning checkpoint) weights into `model`: safe loading, strict
     keys and shapes, any pos_embed resampled to the model's grid; the head only when `load_head` and its shape
     matches (fine-tuning attaches a new head). Returns {"skipped": [...]}: the keys deliberately not loaded."""

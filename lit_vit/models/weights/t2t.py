@@ -10,10 +10,11 @@ import argparse
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_grid, resample_state_dict
-from lit_vit.models.t2t_vit import T2T_VARIANTS, T2TViT
+from lit_vit.models.variants import T2T_VARIANTS
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -42,7 +43,7 @@ def describe_checkpoint(sd: dict[str, torch.Tensor]) -> str:
     return f"{names[0] if names else 'a custom T2T-ViT'} ({tokens}, embed_dim {dim}, depth {depth})"
 
 
-def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, torch.Tensor]:
+def t2t_from_official(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Rename the position table and resample it to the model's token grid (2-D bicubic, class row kept). A lit_vit
     checkpoint (ImageClassifier .ckpt or a T2TViT state dict, any pos_embed kind) is resampled by its own kind.
 
@@ -74,7 +75,7 @@ def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, t
     return resample_state_dict(model.pos_embed, sd)  # lit_vit checkpoints of any kind saved at another grid
 
 
-def load_t2t_checkpoint(model: T2TViT, path: str | Path, use_ema: bool = True) -> list[str]:
+def load_t2t_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = True) -> list[str]:
     """Load an official T2T-ViT checkpoint into `model` with strict key and shape checking.
 
     The head is skipped (left as initialised) when its size differs from the model's (fine-tuning on other classes).

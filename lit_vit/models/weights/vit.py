@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_state_dict
-from lit_vit.models.vit import VisionTransformer
 from lit_vit.models.weights.io import describe_mismatch, load_state_dict
 
 
@@ -53,7 +53,7 @@ def _detect(sd: dict[str, torch.Tensor]) -> str:
     raise ConfigError("unrecognised ViT checkpoint layout: expected timm, torchvision or lit_vit key names")
 
 
-def load_vit_weights(model: VisionTransformer, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
+def load_vit_weights(model: nn.Module, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
     """Load timm / torchvision / lit_vit ViT weights into `model` (strict; safe loading).
 
     The position table is resampled to the model's grid (bicubic, antialiased, float32; class-token row kept). The head
