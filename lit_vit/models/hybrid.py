@@ -163,8 +163,9 @@ class HybridViT(VisionTransformer):
         )
         self.variant, self.in_chans = name, in_chans
 
-    def load_pretrained(self, path: str) -> None:
-        """Load timm hybrid or lit_vit weights (safe loading; position table resampled; head kept as is)."""
+    def load_pretrained(self, path: str) -> list[str]:
+        """Load timm hybrid or lit_vit weights (safe loading; position table resampled; head kept as is). Returns the
+        checkpoint keys deliberately not loaded (its head)."""
         from lit_vit.models.weights.hybrid import load_hybrid_weights
 
-        load_hybrid_weights(self, path)
+        return load_hybrid_weights(self, path)["skipped"]

@@ -188,7 +188,6 @@ class ImageClassifier(L.LightningModule):
             if not hasattr(self.backbone, "load_pretrained"):
                 raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
             skipped = self.backbone.load_pretrained(self.hparams.pretrained)
-            skipped = skipped.get("skipped") if isinstance(skipped, dict) else skipped
             rank_zero_info(
                 f"pretrained: loaded {self.hparams.pretrained} into the backbone; "
                 + (
