@@ -113,6 +113,7 @@ def test_crashed_sweep_resumes_the_interrupted_run_and_never_retrains_the_finish
     assert val_epochs == ["0", "1"]  # one validation per epoch: no duplicated rows after the resume
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_with_sigterm_keeps_finished_runs_and_resumes_the_live_one(tmp_path):
     """A scheduler's SIGTERM in the middle of the second run: the sweep stops there (it does not start the next run),
     the live run leaves last.ckpt, and the same command finishes the sweep without retraining the first run."""

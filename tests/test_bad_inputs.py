@@ -240,6 +240,7 @@ def outcomes(world):
 CASE_NAMES = list(cases(Path("/w")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_stops_with_one_clear_error_and_touches_nothing(outcomes, name):
     todo, before, results = outcomes
@@ -259,6 +260,7 @@ def test_bad_input_stops_with_one_clear_error_and_touches_nothing(outcomes, name
 # --- the cases that must do what was asked (or stop cleanly after saving what they did) ------------------------------
 
 
+@pytest.mark.slow
 def test_a_corrupt_training_image_is_named_after_last_ckpt_is_saved(world, tmp_path):
     run = tmp_path / "run"
     proc = run_cli(folder_args(run, world / "badimg", "--checkpoint_every_n_steps=1000", batches=20))
@@ -273,6 +275,7 @@ def test_a_corrupt_training_image_is_named_after_last_ckpt_is_saved(world, tmp_p
     assert "warning: skipping unreadable image" in proc.stderr and "zz_broken.png" in proc.stderr
 
 
+@pytest.mark.slow
 def test_predict_writes_every_good_row_and_reports_the_bad_file(world, tmp_path):
     out = tmp_path / "pred.csv"
     argv = ["predict", f"--config={world / 'vit' / 'config.yaml'}", "--ckpt_path=best"]
@@ -319,6 +322,7 @@ def test_resume_may_change_the_training_length(world, tmp_path):
     assert last["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_importing_lit_vit_never_asks_pypi_for_an_albumentations_update():
     """A clean environment (no NO_ALBUMENTATIONS_UPDATE), every network open refused and recorded."""
     code = (

@@ -170,6 +170,7 @@ def test_help_and_print_config(capsys):
     assert "lit_vit.models.VisionTransformer" in printed and "default_root_dir: runs/quickstart" in printed
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     args = tiny_fit_args(run_dir, "--trainer.strategy=ddp", "--trainer.devices=2", limit_batches=3)
@@ -185,6 +186,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert len(val_losses) == 1 and np.isfinite(val_losses[0])  # one row, reduced over both processes
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     """What a cluster scheduler does: SIGTERM mid-epoch, then the job is requeued with --ckpt_path last."""
     run_dir, record = tmp_path / "run", tmp_path / "batches.jsonl"

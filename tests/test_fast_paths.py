@@ -161,6 +161,7 @@ def compiled_pair():
     return eager, compiled
 
 
+@pytest.mark.slow
 def test_compile_keeps_checkpoint_keys(compiled_pair):
     eager, compiled = compiled_pair
     assert list(compiled.state_dict()) == list(eager.state_dict())
@@ -168,6 +169,7 @@ def test_compile_keeps_checkpoint_keys(compiled_pair):
     assert compiled.hparams["compile"] is True
 
 
+@pytest.mark.slow
 def test_compiled_backbone_gives_the_eager_outputs_and_gradients(compiled_pair):
     eager, compiled = compiled_pair
     x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])

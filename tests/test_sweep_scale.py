@@ -29,6 +29,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_a_sweep_under_ddp_with_two_cpu_processes(tmp_path, launcher):
     root = tmp_path / "out"
@@ -92,6 +93,7 @@ def four_run_sweep(tmp_path, **trainer) -> tuple:
     return root, write_config(tmp_path / "sweep.yaml", config)
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_runs_and_train_each_once(tmp_path):
     root, path = four_run_sweep(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -108,6 +110,7 @@ def test_two_workers_share_the_runs_and_train_each_once(tmp_path):
     assert (root / "accuracy.png").is_file()
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_on_one_folder_never_train_the_same_run(tmp_path):
     """What two hosts (or a SLURM job array) sharing the sweep folder do: the same command, started twice."""
     root, path = four_run_sweep(tmp_path)
@@ -121,6 +124,7 @@ def test_two_sweep_processes_on_one_folder_never_train_the_same_run(tmp_path):
     assert len(read_results(root)) == 4 and (root / "accuracy.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_worker_killed_with_sigkill_leaves_its_run_to_the_rerun(tmp_path):
     root, path = four_run_sweep(tmp_path, limit_train_batches=400, max_epochs=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -213,6 +217,7 @@ def test_the_fsdp_recipes_parse_and_fsdp_on_a_cpu_is_a_clear_error(recipe, capsy
     assert exc.value.code == 2 and "FSDP needs GPUs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_ddp_sweep_stopped_by_sigterm_resumes_with_the_same_command(tmp_path):
     root = tmp_path / "out"
     config = sweep_config(root, seeds=(0,))
