@@ -5,7 +5,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# At most 2 threads (the tiny test models gain nothing from more); OMP_NUM_THREADS, when set, wins: on a busy machine
+# one thread per process is several times faster than two competing for the same cores.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # A ViT small enough for CLI tests on 2 CPU cores, on the embedded digits (16x16, 1 channel, 10 classes).
 TINY_VIT = {

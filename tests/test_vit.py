@@ -5,6 +5,7 @@ import torchvision
 
 from lit_vit.errors import ConfigError
 from lit_vit.models import VisionTransformer
+from lit_vit.models.layers import POS_EMBED_KINDS
 from lit_vit.models.weights import load_vit_weights
 
 
@@ -12,6 +13,7 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# the parameter counts of timm's vit_{tiny,small,base,large}_patch16_224 (1000 classes, 224 px)
 @pytest.mark.parametrize(
     "variant, expected", [("Ti", 5_717_416), ("S", 22_050_664), ("B", 86_567_656), ("L", 304_326_632)]
 )
@@ -22,8 +24,8 @@ def test_parameter_counts_match_reference_at_224_16(variant, expected):
 
 
 def test_vit_h14_parameter_count_is_reference_number_without_head():
-    # REFERENCE.md lists 630,764,800 for ViT-H/14: that is the headless model (timm's in21k release, num_classes=0);
-    # a 1000-class head adds 1280 * 1000 + 1000.
+    # 630,764,800 is timm's vit_huge_patch14_224.orig_in21k, the headless in21k release (num_classes=0; the ViT paper's
+    # Table 1 rounds it to 632M); a 1000-class head adds 1280 * 1000 + 1000.
     with torch.device("meta"):
         headless = VisionTransformer("H", patch_size=14, num_classes=0)
         with_head = VisionTransformer("H", patch_size=14, num_classes=1000)
@@ -130,19 +132,52 @@ def test_outputs_equal_torchvision_with_converted_weights(tmp_path):
     torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
-def test_loading_weights_of_another_resolution_resamples_the_position_table(tmp_path):
+def test_loading_weights_of_another_resolution_gives_timms_model_at_that_resolution(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
     torch.manual_seed(0)
-    ref = timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, num_classes=7, embed_dim=32, depth=2, num_heads=4
-    )
+    kw = dict(patch_size=8, num_classes=7, embed_dim=32, depth=2, num_heads=4)
+    ref = timm.models.vision_transformer.VisionTransformer(img_size=32, **kw).eval()
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
-    ours = tiny(img_size=48)
-    load_vit_weights(ours, tmp_path / "timm.pth")
+    ours = tiny(img_size=48).eval()
+    assert load_vit_weights(ours, tmp_path / "timm.pth") == {"skipped": ["head.weight", "head.bias"]}
     table = ours.pos_embed.pos_embed
     assert table.shape == (1, 1 + 36, 32)
-    torch.testing.assert_close(table[:, :1], ref.pos_embed[:, :1])  # the class-token row is kept
-    # resampling the 4x4 table to 6x6 and back is close to the original (smooth interpolation)
-    assert ours(torch.randn(1, 3, 48, 48)).shape == (1, 7)
+    expected = resample_abs_pos_embed(ref.pos_embed, (6, 6), (4, 4), num_prefix_tokens=1)  # class-token row kept
+    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
+    # the whole model is timm's at 48 px with timm's resampled table (and our head, which was not loaded)
+    big = timm.models.vision_transformer.VisionTransformer(img_size=48, **kw).eval()
+    big.load_state_dict(ref.state_dict() | {"pos_embed": expected, "head.weight": ours.head.weight,
+                                            "head.bias": ours.head.bias})  # fmt: skip
+    x = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(ours(x), big(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pos_embed", POS_EMBED_KINDS)
+@pytest.mark.parametrize("layout", ["state_dict", "lightning"])
+def test_a_saved_model_loads_back_to_the_same_outputs_and_a_changed_weight_shows(tmp_path, pos_embed, layout):
+    torch.manual_seed(0)
+    model = tiny(pos_embed=pos_embed).eval()
+    for p in model.parameters():  # no zero-initialised tensors left (head, relative bias): every one matters below
+        torch.nn.init.normal_(p, std=0.2)
+    sd = model.state_dict()
+    save = {"state_dict": {f"backbone.{k}": v for k, v in sd.items()}} if layout == "lightning" else sd
+    torch.save(save, tmp_path / "a.pth")
+    torch.manual_seed(1)
+    loaded = tiny(pos_embed=pos_embed).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(loaded(x), model(x))  # another init: the load below has something to do
+    assert load_vit_weights(loaded, tmp_path / "a.pth", load_head=True) == {"skipped": []}
+    assert loaded.state_dict().keys() == sd.keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
+    assert torch.equal(loaded(x), model(x))
+    # a file with one changed weight loads that weight, and the outputs show it
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["blocks.1.attn.qkv.weight"][0, 0] += 1.0
+    torch.save(changed, tmp_path / "b.pth")
+    load_vit_weights(loaded, tmp_path / "b.pth", load_head=True)
+    assert torch.equal(loaded.blocks[1].attn.qkv.weight, changed["blocks.1.attn.qkv.weight"])
+    assert not torch.allclose(loaded(x), model(x))
 
 
 def test_mismatched_checkpoint_names_missing_and_unexpected_keys(tmp_path):
