@@ -21,7 +21,9 @@ from lit_vit.models.weights.t2t import load_t2t_checkpoint, read_t2t_checkpoint
 from lit_vit.modules import ImageClassifier
 from lit_vit.modules.classifier import param_groups
 
-# REFERENCE.md section 2: official code, 224 px, 1000 classes, frozen tensors included; trainable-only where given.
+# Parameter counts of the official code (github.com/yitu-opensource/T2T-ViT, models/t2t_vit.py; the paper, Yuan et al.,
+# Tokens-to-Token ViT, ICCV 2021, Table 2, rounds them) at 224 px, 1000 classes, frozen tensors (the sinusoid table,
+# the performer's random features) included; the second number counts trainable parameters only, where checked.
 OFFICIAL_PARAMS = {
     "T2T-ViT-7": (4_310_222, 4_255_694),
     "T2T-ViT-10": (5_889_230, None),
@@ -41,9 +43,10 @@ def tiny_t2t(tokens_type: str = "performer", img_size=32, in_chans: int = 3, **k
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# A re-creation of the official module layout, written from REFERENCE.md section 2 (key names, shapes, the input-dim
-# attention scale, the skip through v, the performer's random features, the numpy sinusoid table, the bicubic
-# position-table resize). It computes attention explicitly and the performer with einsums, as the official code.
+# A re-creation of the official module layout, written from the official code (yitu-opensource/T2T-ViT: models/
+# t2t_vit.py, token_transformer.py, token_performer.py; key names, shapes, the input-dim attention scale, the skip
+# through v, the performer's random features, the numpy sinusoid table, the bicubic position-table resize). It
+# computes attention explicitly and the performer with einsums, as the official code.
 # --------------------------------------------------------------------------------------------------------------------
 def official_sinusoid(n_position: int, d_hid: int) -> torch.Tensor:
     angles = np.array([[p / np.power(10000, 2 * (j // 2) / d_hid) for j in range(d_hid)] for p in range(n_position)])
