@@ -9,6 +9,7 @@ import torch
 
 from lit_vit.cli import main
 from lit_vit.data import SceneDataModule
+from lit_vit.data.image_text import vqa_score
 from lit_vit.errors import ConfigError
 from lit_vit.models import ViLT
 from lit_vit.modules import ViltPretraining, ViltRetrieval, ViltVQA
@@ -49,6 +50,77 @@ def test_any_caption_in_top_k_is_a_hit_for_image_to_text():
     # image 0 has two captions; only one of them in the top 1 is enough (hit rate, not recall)
     r = retrieval_recall(torch.tensor([[0.9, 0.1, 0.5]]), torch.tensor([0, 0, 0]), ks=(1,))
     assert r["tr_r1"].item() == 1.0
+
+
+def reference_recall(scores: torch.Tensor, text_image: torch.Tensor, k: int) -> tuple[float, float]:
+    """Image->text and text->image Recall@k by sorting every row and column in Python."""
+    n_img, n_txt = scores.shape
+    rows = [sorted(range(n_txt), key=lambda j: -scores[i, j].item())[:k] for i in range(n_img)]
+    tr = sum(any(text_image[j] == i for j in top) for i, top in enumerate(rows)) / n_img
+    cols = [sorted(range(n_img), key=lambda i: -scores[i, j].item())[:k] for j in range(n_txt)]
+    ir = sum(int(text_image[j]) in top for j, top in enumerate(cols)) / n_txt
+    return tr, ir
+
+
+def test_retrieval_recall_of_known_rankings():
+    n = 6
+    text_image = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # text j belongs to image text_image[j]
+    own = text_image[None, :] == torch.arange(n)[:, None]  # images x texts
+    noise = torch.rand(n, n, generator=torch.Generator().manual_seed(1))
+    # the matching pair scores best in its row and its column: every recall is 1
+    r = retrieval_recall(torch.where(own, 2.0, noise), text_image, ks=(1, 5, 10))
+    assert {k: v.item() for k, v in r.items()} == dict.fromkeys(r, 1.0)
+    # reversed: the matching pair scores worst, so only K >= 6 (every candidate) finds it
+    r = retrieval_recall(torch.where(own, -1.0, noise), text_image, ks=(1, 5, 10))
+    assert [r[f"{d}_r{k}"].item() for d in ("tr", "ir") for k in (1, 5, 10)] == [0, 0, 1, 0, 0, 1]
+    assert r["r_mean"].item() == pytest.approx(2 / 6)
+    # a staircase: image i's own text is its (i + 1)-th best, so image->text R@K is K / 6
+    rank = torch.empty(n, n)
+    for i in range(n):
+        others = [j for j in range(n) if not own[i, j]]
+        order = others[:i] + [int(own[i].nonzero())] + others[i:]  # texts from best to worst
+        rank[i, order] = torch.arange(n, dtype=torch.float)
+    r = retrieval_recall(-rank, text_image, ks=(1, 2, 5))
+    assert [r[f"tr_r{k}"].item() for k in (1, 2, 5)] == pytest.approx([1 / 6, 2 / 6, 5 / 6])
+
+
+def test_retrieval_recall_equals_a_sort_by_hand_on_random_scores():
+    gen = torch.Generator().manual_seed(0)
+    for n_img, per_image in [(5, 1), (4, 3), (7, 2)]:
+        text_image = torch.arange(n_img).repeat_interleave(per_image)[torch.randperm(n_img * per_image, generator=gen)]
+        scores = torch.randn(n_img, n_img * per_image, generator=gen)
+        r = retrieval_recall(scores, text_image, ks=(1, 2, 3))
+        for k in (1, 2, 3):
+            tr, ir = reference_recall(scores, text_image, k)
+            assert r[f"tr_r{k}"].item() == pytest.approx(tr) and r[f"ir_r{k}"].item() == pytest.approx(ir)
+
+
+def test_vqa_soft_score_is_the_official_average_over_the_ten_sets_of_nine_annotators():
+    # VQA accuracy (Antol et al., 2015; the VQA-v2 evaluation code): min(#humans that said it / 3, 1), averaged over
+    # the 10 subsets of 9 of the 10 annotators
+    for count in range(11):
+        answers = [True] * count + [False] * (10 - count)
+        official = sum(min(sum(answers[:i] + answers[i + 1 :]) / 3, 1) for i in range(10)) / 10
+        assert vqa_score(count) == pytest.approx(official), count
+    assert [vqa_score(c) for c in range(5)] == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.0])
+
+
+def test_vqa_metric_is_the_soft_score_of_the_top_answer_and_the_loss_is_vilts_bce(monkeypatch):
+    module = ViltVQA(ViLT(**TINY | {"num_answers": 3}))
+    # 4 questions x 3 answers; annotator counts per answer -> soft scores
+    counts = torch.tensor([[10, 0, 0], [8, 2, 0], [0, 3, 1], [0, 0, 0]])
+    targets = torch.tensor([[vqa_score(int(c)) for c in row] for row in counts])
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 3.0], [0.5, -2.0, 0.0]])
+    # the top answers: 0 (score 1.0), 1 (0.6), 2 (0.3), 0 (0.0)
+    monkeypatch.setattr(module, "forward", lambda batch: None)
+    monkeypatch.setattr(module.model, "vqa_logits", lambda out: logits)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    module.validation_step({"targets": targets}, 0)
+    assert module.val_score.compute().item() == pytest.approx((1.0 + 0.6 + 0.3 + 0.0) / 4)
+    # ViLT's loss: binary cross-entropy on the soft scores, mean over all entries, times the number of answers
+    p = torch.sigmoid(logits)
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean() * 3
+    assert module.training_step({"targets": targets}, 0).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_warmup_then_linear_decay_to_zero():
@@ -193,14 +265,20 @@ def test_cli_fit_retrieval_from_the_pretraining_run(pretrain_run, tmp_path):
     main(cli_args("vilt_retrieval_embedded.yaml", run_dir, f"--model.pretrained={pretrain_run}/checkpoints/last.ckpt",
                   "--data.init_args.eval_batch_size=32"))  # fmt: skip
     m = metrics(run_dir)
-    for name in ("val/tr_r1", "val/tr_r5", "val/tr_r10", "val/ir_r1", "val/ir_r5", "val/ir_r10", "val/r_mean"):
-        assert 0.0 <= m[name] <= 1.0
-    assert m["val/ir_r10"] >= m["val/ir_r1"]
+    recalls = [m[f"val/{d}_r{k}"] for d in ("tr", "ir") for k in (1, 5, 10)]
+    assert m["val/r_mean"] == pytest.approx(sum(recalls) / 6)
+    # the whole 8 x 16 validation grid was scored: image->text recalls count 8 images, text->image ones 16 captions
+    for k in (1, 5, 10):
+        assert (m[f"val/tr_r{k}"] * 8) == pytest.approx(round(m[f"val/tr_r{k}"] * 8), abs=1e-4)
+        assert (m[f"val/ir_r{k}"] * 16) == pytest.approx(round(m[f"val/ir_r{k}"] * 16), abs=1e-4)
     main(["test", f"--config={run_dir}/config.yaml", "--ckpt_path=best", "--data.init_args.num_test=6",
           "--trainer.limit_test_batches=null"])  # fmt: skip
     assert not any(k.startswith("test/") for k in metrics(run_dir))  # the training metrics.csv is left as it was
     m = metrics(run_dir, "test")
-    assert 0.0 <= m["test/tr_r1"] <= m["test/tr_r10"] <= 1.0  # the whole 6 x 12 test grid was scored
+    assert 0.0 <= m["test/tr_r1"] <= m["test/tr_r5"] <= m["test/tr_r10"] <= 1.0
+    for k in (1, 5, 10):  # the whole 6 x 12 test grid was scored
+        assert (m[f"test/tr_r{k}"] * 6) == pytest.approx(round(m[f"test/tr_r{k}"] * 6), abs=1e-4)
+        assert (m[f"test/ir_r{k}"] * 12) == pytest.approx(round(m[f"test/ir_r{k}"] * 12), abs=1e-4)
     pre = torch.load(pretrain_run / "checkpoints" / "last.ckpt", weights_only=True)
     ft = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ft["vilt_vocab"] == pre["vilt_vocab"]  # the data used the pre-trained vocabulary
@@ -209,9 +287,16 @@ def test_cli_fit_retrieval_from_the_pretraining_run(pretrain_run, tmp_path):
 def test_cli_fit_vqa(tmp_path):
     run_dir = tmp_path / "vqa"
     main(cli_args("vilt_vqa_embedded.yaml", run_dir))
-    assert 0.0 <= metrics(run_dir)["val/vqa_score"] <= 1.0
+    score = metrics(run_dir)["val/vqa_score"]
+    assert 0.0 <= score <= 1.0
     module = ViltVQA.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     assert module.model.num_answers == len(module.answers) and "yes" in module.answers
+    # best.ckpt holds the weights that scored it: validating them again gives the same score
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    (chosen,) = [v["best_model_score"] for v in best["callbacks"].values() if "best_model_score" in v]
+    assert float(chosen) == pytest.approx(score)
+    main(["validate", f"--config={run_dir}/config.yaml", "--ckpt_path=best"])
+    assert metrics(run_dir, "validate")["val/vqa_score"] == pytest.approx(score)
 
 
 def test_cli_reports_a_wrong_pretrained_layout(tmp_path, capsys):
