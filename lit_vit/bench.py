@@ -7,6 +7,11 @@ Three modes, any combination in one call:
 - ``infer``: forward in eval mode under ``torch.inference_mode``;
 - ``data``: a DataModule's training loader alone (decoding and augmentation) for each worker count.
 
+The backbone (any ``torch.nn.Module`` with an ``img_size``) and the DataModule (any ``LightningDataModule``) are
+parsed and built by jsonargparse from the classes' own signatures, as ``fit`` builds them: ``--backbone`` /
+``--data`` take a class path or a {class_path, init_args} mapping, ``--backbone.<option> VALUE`` sets one constructor
+argument and ``--config`` reads both sections from a bench YAML, a fit config or a bare {class_path, init_args}.
+
 For a lit_vit ViT or HybridViT whose architecture timm's ``VisionTransformer`` (with ``HybridEmbed`` over a
 ``ResNetV2`` for a hybrid) can express (learned 1-D or no position embedding, cls / gap / map pooling), timm's model
 is built with the same dimensions and the lit_vit weights, checked to give the same outputs, and timed in the same
@@ -16,12 +21,13 @@ Times are medians over the repeats after warm-up; on CUDA every timed window is 
 model (attention included; a training step counts forward and backward), and MFU = achieved FLOP/s / peak FLOP/s of
 the device (looked up for common GPUs, or given with --peak-tflops).
 
-Every run appends one JSON record to --output (default benchmarks/results.jsonl); ``--table FILE`` prints the
-records of a results file as the markdown table used in BENCHMARKS.md.
+Every run prints a summary and appends one JSON record to ``--output`` (default: the per-user file
+``$XDG_CACHE_HOME/lit_vit/bench.jsonl``, i.e. ``~/.cache/lit_vit/bench.jsonl``; never a file of the repository unless
+named); ``--table FILE`` prints the records of a results file as the markdown table used in BENCHMARKS.md.
 """
 
 import argparse
-import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -34,10 +40,13 @@ import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from torch import nn
 
 from lit_vit.errors import ConfigError
@@ -45,18 +54,15 @@ from lit_vit.perf import count_flops, peak_flops, synchronize
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 MODES = ("train", "infer", "data")
-VIT_CLASS_PATH = "lit_vit.models.VisionTransformer"
-DEFAULT_DATA = {"class_path": "lit_vit.data.DigitsDataModule", "init_args": {}}
+# The default run: ViT-Ti/16 at 224 px (1000 classes) against timm, small enough for about a minute on 2 CPU cores.
+DEFAULT_BACKBONE = {
+    "class_path": "lit_vit.models.VisionTransformer",
+    "init_args": {"variant": "Ti", "img_size": 224, "patch_size": 16},
+}
+DEFAULT_DATA = {"class_path": "lit_vit.data.DigitsDataModule"}
+JPEG_DATA = {"class_path": "lit_vit.data.ImageFolderDataModule"}  # --jpeg-tree: its root is the generated tree
 
-# --- model construction ------------------------------------------------------------------------------------------
-
-
-def import_object(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"cannot import {class_path!r} ({err}); give a class path such as {VIT_CLASS_PATH}") from err
+# --- configuration -----------------------------------------------------------------------------------------------
 
 
 def find_section(config: dict, key: str) -> dict | None:
@@ -78,36 +84,55 @@ def load_config(path: str | None) -> dict:
         return {}
     if not Path(path).is_file():
         raise ConfigError(f"--config {path}: no such file; give a YAML with a backbone (class_path / init_args)")
-    return yaml.safe_load(Path(path).read_text()) or {}
-
-
-def backbone_spec(args: argparse.Namespace, config: dict) -> dict:
-    """The backbone's class_path / init_args: the YAML's, with the ViT command-line flags applied on top."""
-    spec = find_section(config, "backbone") or {"class_path": VIT_CLASS_PATH, "init_args": {}}
-    flags = {
-        "variant": args.variant,
-        "img_size": args.img_size,
-        "patch_size": args.patch_size,
-        "in_chans": args.in_chans,
-        "num_classes": args.num_classes,
-        "embed_dim": args.embed_dim,
-        "depth": args.depth,
-        "num_heads": args.num_heads,
-        "mlp_ratio": args.mlp_ratio,
-        "pool": args.pool,
-        "pos_embed": args.pos_embed,
-        "class_token": args.class_token,
-    }
-    flags = {k: v for k, v in flags.items() if v is not None}
-    if flags and spec["class_path"] != VIT_CLASS_PATH:
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(config, dict):
         raise ConfigError(
-            f"--{next(iter(flags)).replace('_', '-')} applies to {VIT_CLASS_PATH} only, but the backbone is "
-            f"{spec['class_path']}; set the option in the YAML's init_args instead"
+            f"--config {path}: expected a mapping (backbone / data sections), got {type(config).__name__}"
         )
-    spec["init_args"].update(flags)
-    if spec["class_path"] == VIT_CLASS_PATH:
-        spec["init_args"].setdefault("num_classes", 1000)
-    return spec
+    return config
+
+
+def parse_args(argv: list[str]) -> tuple[ArgumentParser, Namespace]:
+    """The parsed command line. The --config file's backbone and data sections (or the defaults) come first, as if
+    given as `--backbone {...} --data {...}` before the user's arguments, so `--backbone.<option>` overrides them."""
+    parser = build_parser()
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--config")
+    early.add_argument("--jpeg-tree")
+    early.add_argument("--mode", nargs="+", default=[])
+    known, _ = early.parse_known_args(argv)
+    config = load_config(known.config)
+    given = {arg.split("=", 1)[0] for arg in argv}
+    sections = {"backbone": find_section(config, "backbone"), "data": find_section(config, "data")}
+    # a default only where neither the YAML nor the command line names a class (the class of --backbone / --data
+    # would inherit the default's options of the same name otherwise)
+    if sections["backbone"] is None and "--backbone" not in given:
+        sections["backbone"] = DEFAULT_BACKBONE
+    if sections["data"] is None and "--data" not in given and "data" in known.mode:
+        sections["data"] = JPEG_DATA if known.jpeg_tree is not None else DEFAULT_DATA
+    head = [arg for key, section in sections.items() if section for arg in (f"--{key}", json.dumps(section))]
+    return parser, parser.parse_args([*head, *argv])
+
+
+def instantiate(parser: ArgumentParser, cfg: Namespace, key: str) -> Any:
+    """The backbone or the DataModule of a parsed config, built by jsonargparse (the other one is left unbuilt)."""
+    only = cfg.clone()
+    for other in ("backbone", "data"):
+        if other != key:
+            only[other] = None
+    return parser.instantiate_classes(only)[key]
+
+
+def set_init_arg(section: Namespace, name: str, value: Any, flag: str) -> None:
+    if name not in section.init_args:
+        raise ConfigError(
+            f"{flag} sets the DataModule's {name}, but {section.class_path} has no {name} argument; use a DataModule "
+            f"that takes it (e.g. {JPEG_DATA['class_path']}) or leave {flag} out"
+        )
+    section.init_args[name] = value
+
+
+# --- models ------------------------------------------------------------------------------------------------------
 
 
 class ViltITM(nn.Module):
@@ -125,15 +150,6 @@ class ViltITM(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         ids = self.text_ids.expand(image.shape[0], -1)
         return self.vilt.itm_logits(self.vilt(ids, torch.ones_like(ids), image))
-
-
-def build_backbone(spec: dict) -> nn.Module:
-    cls = import_object(spec["class_path"])
-    try:
-        model = cls(**spec["init_args"])
-    except TypeError as err:
-        raise ConfigError(f"cannot build {spec['class_path']} with {spec['init_args']}: {err}") from err
-    return ViltITM(model) if hasattr(model, "itm_logits") else model
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -275,16 +291,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def fixed_batch(args: argparse.Namespace, device: torch.device, shape, num_classes: int):
+def fixed_batch(args: Namespace, device: torch.device, shape, num_classes: int):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, *shape, generator=gen).to(device)
     y = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=gen).to(device)
     return x, y
 
 
-def bench_models(
-    models: dict[str, nn.Module], mode: str, args: argparse.Namespace, batch, flops: dict[str, int]
-) -> dict:
+def bench_models(models: dict[str, nn.Module], mode: str, args: Namespace, batch, flops: dict[str, int]) -> dict:
     """Alternate the models repeat by repeat; medians after warm-up."""
     x, y = batch
     device = x.device
@@ -347,15 +361,16 @@ def write_jpeg_tree(root: Path, num_images: int, size: int, num_classes: int = 4
     return root
 
 
-def bench_data(spec: dict, args: argparse.Namespace) -> dict:
+def bench_data(parser: ArgumentParser, cfg: Namespace) -> dict:
     """Images/s of the training loader (decode + augment + collate) per worker count."""
-    cls = import_object(spec["class_path"])
     results = {}
-    for workers in args.workers:
-        init = dict(spec["init_args"], num_workers=workers, persistent_workers=False)
-        if args.data_batch_size is not None:
-            init["batch_size"] = args.data_batch_size
-        dm = cls(**init)
+    for workers in cfg.workers:
+        run = cfg.clone()
+        set_init_arg(run.data, "num_workers", workers, "--workers")
+        set_init_arg(run.data, "persistent_workers", False, "--workers")
+        if cfg.data_batch_size is not None:
+            set_init_arg(run.data, "batch_size", cfg.data_batch_size, "--data-batch-size")
+        dm = instantiate(parser, run, "data")
         dm.prepare_data()
         dm.setup("fit")
         loader = dm.train_dataloader()
@@ -367,12 +382,12 @@ def bench_data(spec: dict, args: argparse.Namespace) -> dict:
         for batch in it:
             images += len(batch[0])
             batches += 1
-            if batches >= args.data_batches:
+            if batches >= cfg.data_batches:
                 break
         elapsed = time.perf_counter() - t0
         if batches == 0:
             raise ConfigError(
-                f"the training loader of {spec['class_path']} gave only one batch; use a smaller --data-batch-size"
+                f"the training loader of {cfg.data.class_path} gave only one batch; use a smaller --data-batch-size"
             )
         results[str(workers)] = {
             "images_per_s": images / elapsed,
@@ -402,8 +417,8 @@ def versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("timm", "lightning", "torchvision"):
         try:
-            out[name] = importlib.import_module(name).__version__
-        except ImportError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
@@ -432,7 +447,7 @@ def load_average() -> list[float] | None:
 def short_config(spec: dict) -> str:
     args = spec["init_args"]
     keys = ("variant", "embed_dim", "depth", "num_heads", "patch_size", "img_size", "pool", "pos_embed")
-    desc = ", ".join(f"{k}={args[k]}" for k in keys if k in args)
+    desc = ", ".join(f"{k}={args[k]}" for k in keys if args.get(k) is not None)
     return f"{spec['class_path'].rsplit('.', 1)[-1]}({desc})"
 
 
@@ -488,46 +503,88 @@ def data_table(records: list[dict]) -> str:
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def default_output() -> Path:
+    """Where records go without --output: a per-user file, never the repository's benchmarks/results.jsonl."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "lit_vit" / "bench.jsonl"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help (types and defaults) that keeps the line breaks of the examples and leaves out the list of
+    every imported subclass (hundreds of nn.Modules from torch and torchvision) that it appends to --backbone."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # argparse's per-option hook (ArgumentDefaultsHelpFormatter overrides it too): no public one exists
+        text = super()._get_help_string(action)
+        head, found, _ = text.partition(", known subclasses: ")
+        return head + ")" if found and action.dest in ("backbone", "data") else text
+
+
+EXAMPLES = """\
+examples:
+  python -m lit_vit bench
+      lit_vit's ViT-Ti/16 (224 px, batch 4) against timm: about a minute on 2 idle CPU cores
+  python -m lit_vit bench --backbone.variant B --batch-size 32 --warmup 3 --repeats 10
+      the full ViT-B/16 comparison (about 14 min on 2 CPU cores; add --device cuda --precision bf16-mixed on a GPU)
+  python -m lit_vit bench --backbone.variant Ti --backbone.img_size 32 --backbone.patch_size 4 \\
+      --backbone.num_classes 10 --batch-size 32
+  python -m lit_vit bench --config experiments/hybrid_embedded.yaml          (a fit config's backbone)
+  python -m lit_vit bench --config benchmarks/imagefolder_224.yaml --mode data --jpeg-tree 256 --workers 0 2
+  python -m lit_vit bench --backbone.help lit_vit.models.VisionTransformer    (the backbone's options)
+  python -m lit_vit bench --table ~/.cache/lit_vit/bench.jsonl               (records as markdown)
+"""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m lit_vit bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--config",
+        type=str | None,
+        default=None,
         help="YAML holding the backbone (a {class_path, init_args} section, a 'backbone:' key or a fit config's "
-        "model.init_args.backbone) and optionally a 'data:' section for --mode data",
+        "model.init_args.backbone) and optionally a 'data:' section; --backbone.* / --data.* options override it",
     )
-    vit = p.add_argument_group("ViT architecture (lit_vit.models.VisionTransformer; override the YAML)")
-    vit.add_argument("--variant", choices=("Ti", "S", "B", "L", "H"))
-    vit.add_argument("--patch-size", type=int)
-    vit.add_argument("--img-size", type=int)
-    vit.add_argument("--in-chans", type=int)
-    vit.add_argument("--num-classes", type=int, help="head size (default 1000)")
-    vit.add_argument("--embed-dim", type=int)
-    vit.add_argument("--depth", type=int)
-    vit.add_argument("--num-heads", type=int)
-    vit.add_argument("--mlp-ratio", type=float)
-    vit.add_argument("--pool", choices=("cls", "gap", "map"))
-    vit.add_argument("--pos-embed", choices=("none", "learned_1d", "learned_2d", "sincos_2d", "relative"))
-    vit.add_argument("--class-token", action=argparse.BooleanOptionalAction, default=None)
+    p.add_subclass_arguments(
+        nn.Module,
+        "backbone",
+        as_group=False,
+        required=False,
+        default=None,
+        help="the model to time: any torch.nn.Module with an img_size (lit_vit.models.VisionTransformer, HybridViT, "
+        "T2TViT, vilt.ViLT as image-text matching). Default without --config: VisionTransformer(variant=Ti, "
+        "img_size=224, patch_size=16). One option: --backbone.<name> VALUE; all of them: --backbone.help CLASS",
+    )
+    p.add_subclass_arguments(
+        L.LightningDataModule,
+        "data",
+        as_group=False,
+        required=False,
+        default=None,
+        help="--mode data: the DataModule whose training loader is timed (default lit_vit.data.DigitsDataModule; "
+        "with --jpeg-tree lit_vit.data.ImageFolderDataModule); its options: --data.help CLASS",
+    )
     run = p.add_argument_group("run")
-    run.add_argument("--mode", nargs="+", choices=MODES, default=["train", "infer"])
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--precision", choices=PRECISIONS, default="32-true")
+    run.add_argument("--mode", type=Literal[MODES], nargs="+", default=["train", "infer"])
+    run.add_argument("--batch-size", type=int, default=4)
+    run.add_argument("--precision", type=Literal[PRECISIONS], default="32-true")
     run.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile both models"
     )
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument(
         "--matmul-precision",
-        choices=("highest", "high", "medium"),
+        type=Literal["highest", "high", "medium"] | None,
+        default=None,
         help="torch.set_float32_matmul_precision (high / medium allow TF32 for 32-true on Ampere and newer)",
     )
-    run.add_argument("--warmup", type=int, default=3, help="untimed repeats per model (compilation happens here)")
-    run.add_argument("--repeats", type=int, default=10, help="timed repeats per model; the median is reported")
+    run.add_argument("--warmup", type=int, default=1, help="untimed repeats per model (compilation happens here)")
+    run.add_argument("--repeats", type=int, default=5, help="timed repeats per model; the median is reported")
     run.add_argument("--steps", type=int, default=1, help="steps per repeat")
     run.add_argument(
         "--fused",
@@ -536,27 +593,43 @@ def parser() -> argparse.ArgumentParser:
         help="fused AdamW (one kernel for all parameters, as ImageClassifier uses on CUDA and CPU)",
     )
     run.add_argument("--timm", action=argparse.BooleanOptionalAction, default=True, help="also time timm's ViT")
-    run.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: looked up for known GPUs)")
+    run.add_argument(
+        "--peak-tflops",
+        type=float | None,
+        default=None,
+        help="peak TFLOP/s for MFU (default: looked up for known GPUs)",
+    )
     data = p.add_argument_group("data mode")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to time")
     data.add_argument("--data-batches", type=int, default=20, help="batches timed per worker count (after the first)")
-    data.add_argument("--data-batch-size", type=int, help="override the DataModule's batch_size")
+    data.add_argument("--data-batch-size", type=int | None, default=None, help="override the DataModule's batch_size")
     data.add_argument(
         "--jpeg-tree",
-        type=int,
+        type=int | None,
+        default=None,
         metavar="N",
-        help="time an ImageFolderDataModule over N generated JPEGs (in a temporary folder) instead of the YAML's data",
+        help="time the DataModule (default ImageFolderDataModule) over N generated JPEGs in a temporary folder",
     )
     data.add_argument("--jpeg-size", type=int, default=256, help="side of the generated JPEGs")
     out = p.add_argument_group("output")
-    out.add_argument("--output", default="benchmarks/results.jsonl", help="JSON-lines file the record is appended to")
-    out.add_argument("--label", default="", help="free-text note stored with the record and shown in the table")
+    out.add_argument(
+        "--output",
+        type=str | None,
+        default=None,
+        help="JSON-lines file the record is appended to (default: $XDG_CACHE_HOME/lit_vit/bench.jsonl, i.e. "
+        "~/.cache/lit_vit/bench.jsonl; the repository's benchmarks/results.jsonl only when named here)",
+    )
+    out.add_argument(
+        "--label", type=str, default="", help="free-text note stored with the record and shown in the table"
+    )
     out.add_argument("--no-save", action="store_true", help="print only, append nothing")
-    out.add_argument("--table", metavar="JSONL", help="print the records of a results file as markdown and exit")
+    out.add_argument(
+        "--table", type=str | None, default=None, metavar="JSONL", help="print a results file's records as markdown"
+    )
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: Namespace) -> None:
     for name in ("batch_size", "repeats", "steps", "data_batches"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -564,6 +637,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
     if any(w < 0 for w in args.workers):
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
+    if args.jpeg_tree is not None and args.jpeg_tree < 1:
+        raise ConfigError(f"--jpeg-tree must be at least 1 (images to generate), got {args.jpeg_tree}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available here; use --device cpu")
@@ -571,14 +646,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--device {args.device}: choose cpu or cuda[:N]")
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> dict:
+def run(parser: ArgumentParser, args: Namespace, argv: list[str]) -> dict:
     check_args(args)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.matmul_precision:
         torch.set_float32_matmul_precision(args.matmul_precision)
-    config = load_config(args.config)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m lit_vit bench " + shlex.join(argv),
@@ -598,9 +672,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     }
     model_modes = [m for m in args.mode if m != "data"]
     if model_modes:
-        spec = backbone_spec(args, config)
+        spec = args.backbone.as_dict()
         torch.manual_seed(0)
-        ours = build_backbone(spec).to(device)
+        ours = instantiate(parser, args, "backbone")
+        ours = (ViltITM(ours) if hasattr(ours, "itm_logits") else ours).to(device)
         shape = input_shape(ours)
         num_classes = getattr(ours, "num_classes", 1000)
         record["config"].update(model=short_config(spec), backbone=spec, input_shape=list(shape))
@@ -627,26 +702,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         for mode in model_modes:
             record["results"][mode] = bench_models(models, mode, args, batch, flops[mode])
     if "data" in args.mode:
-        if args.jpeg_tree:
-            tmp = tempfile.TemporaryDirectory(prefix="lit_vit_bench_")
-            root = write_jpeg_tree(Path(tmp.name), args.jpeg_tree, args.jpeg_size)
-            data_spec = {"class_path": "lit_vit.data.ImageFolderDataModule", "init_args": {"root": str(root)}}
-            data_spec["init_args"].update((find_section(config, "data") or {}).get("init_args", {}))
-            data_spec["init_args"]["root"] = str(root)
-        else:
-            data_spec = find_section(config, "data") or DEFAULT_DATA
-        record["config"]["data"] = short_data(data_spec, args)
-        record["config"]["data_spec"] = data_spec
-        record["results"]["data"] = bench_data(data_spec, args)
-        if args.jpeg_tree:
-            tmp.cleanup()
+        with tempfile.TemporaryDirectory(prefix="lit_vit_bench_") as tmp:
+            data_args = args.clone()
+            if args.jpeg_tree:
+                root = write_jpeg_tree(Path(tmp), args.jpeg_tree, args.jpeg_size)
+                set_init_arg(data_args.data, "root", str(root), "--jpeg-tree")
+            record["config"]["data"] = short_data(data_args.data, args)
+            record["config"]["data_spec"] = data_args.data.as_dict()
+            record["results"]["data"] = bench_data(parser, data_args)
     record["load_average_after"] = load_average()
     return record
 
 
-def short_data(spec: dict, args: argparse.Namespace) -> str:
-    name = spec["class_path"].rsplit(".", 1)[-1]
-    init = spec["init_args"]
+def short_data(spec: Namespace, args: Namespace) -> str:
+    name = spec.class_path.rsplit(".", 1)[-1]
+    init = spec.init_args
     desc = [f"img_size={init.get('img_size', 'default')}", f"augment={init.get('augment', 'default')}"]
     if args.jpeg_tree:
         desc.append(f"{args.jpeg_tree} JPEGs {args.jpeg_size}px")
@@ -694,17 +764,17 @@ def summary(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
+    parser, args = parse_args(argv)
     if args.table:
         records = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
         print(table(records))
         print()
         print(data_table(records))
         return
-    record = run(args, argv)
+    record = run(parser, args, argv)
     print(summary(record))
     if not args.no_save:
-        out = Path(args.output)
+        out = Path(args.output) if args.output else default_output()
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -1,6 +1,8 @@
 """`python -m lit_vit bench`: runs on tiny configs and writes well-formed records (no timing assertions)."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from lit_vit.bench import main as bench_main
 from lit_vit.cli import main as cli_main
 from lit_vit.errors import ConfigError
 
-TINY = ["--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2"]
+TINY = ["--backbone.img_size", "16", "--backbone.patch_size", "4", "--backbone.embed_dim", "32"]
+TINY += ["--backbone.depth", "2", "--backbone.num_heads", "2"]
 FAST = ["--batch-size", "4", "--warmup", "1", "--repeats", "2", "--threads", "2"]
 
 
@@ -20,11 +23,13 @@ def records(path) -> list[dict]:
 
 def test_bench_vit_writes_a_record_with_timm_comparison_and_mfu(tmp_path, capsys):
     out = tmp_path / "results.jsonl"
-    argv = [*TINY, "--num-classes", "10", *FAST, "--peak-tflops", "0.5", "--output", str(out)]
+    argv = [*TINY, "--backbone.num_classes", "10", *FAST, "--peak-tflops", "0.5", "--output", str(out)]
     bench_main(argv)
     (rec,) = records(out)
     assert rec["command"] == "python -m lit_vit bench " + " ".join(argv)
-    assert rec["config"]["backbone"]["init_args"]["embed_dim"] == 32
+    backbone = rec["config"]["backbone"]
+    assert backbone["class_path"] == "lit_vit.models.VisionTransformer"
+    assert backbone["init_args"]["embed_dim"] == 32 and backbone["init_args"]["num_classes"] == 10
     assert rec["config"]["input_shape"] == [3, 16, 16]
     env = rec["environment"]
     assert env["device"] == "cpu" and env["cpu_model"] and env["torch_threads"] == 2
@@ -60,10 +65,15 @@ def test_bench_vit_writes_a_record_with_timm_comparison_and_mfu(tmp_path, capsys
 
 def test_bench_reads_the_backbone_and_data_of_a_fit_config(tmp_path):
     out = tmp_path / "r.jsonl"
-    argv = ["--config", "experiments/quickstart.yaml", *FAST, "--mode", "infer", "data"]
+    argv = ["--config", "experiments/quickstart.yaml", *FAST, "--mode", "infer", "data", "--backbone.depth", "1"]
     bench_main([*argv, "--workers", "0", "--data-batches", "2", "--output", str(out)])
     (rec,) = records(out)
     assert rec["config"]["backbone"]["class_path"] == "lit_vit.models.VisionTransformer"
+    # the YAML's options, with the command line's on top
+    assert (
+        rec["config"]["backbone"]["init_args"] | {"embed_dim": 128, "depth": 1}
+        == rec["config"]["backbone"]["init_args"]
+    )
     assert rec["config"]["input_shape"] == [1, 16, 16]  # the quickstart's grey 16x16 digits
     assert set(rec["results"]) == {"infer", "data"}
     data = rec["results"]["data"]["0"]
@@ -101,7 +111,7 @@ def test_bench_t2t_vit_from_a_backbone_yaml_runs_without_timm(tmp_path):
 
 def test_bench_vit_without_a_timm_counterpart_is_timed_alone(tmp_path):
     out = tmp_path / "r.jsonl"
-    bench_main([*TINY, "--pos-embed", "relative", *FAST, "--mode", "infer", "--output", str(out)])
+    bench_main([*TINY, "--backbone.pos_embed", "relative", *FAST, "--mode", "infer", "--output", str(out)])
     (rec,) = records(out)
     assert "RelativePosBias" in rec["timm_skipped"]
     assert list(rec["results"]["infer"]) == ["lit_vit", "process_peak_rss_mb", "peak_flops", "peak_flops_source"]
@@ -138,11 +148,52 @@ def test_bad_input_is_a_config_error(argv, message):
         bench_main([*TINY, *argv, "--no-save"])
 
 
-def test_vit_flags_on_another_backbone_are_refused(tmp_path):
+def test_an_option_the_backbone_class_lacks_is_refused(tmp_path, capsys):
+    # the options come from the class's own signature: T2T-ViT has no patch_size, ViT has no tokens_type
     config = tmp_path / "t2t.yaml"
     config.write_text(yaml.safe_dump({"backbone": {"class_path": "lit_vit.models.T2TViT", "init_args": {}}}))
-    with pytest.raises(ConfigError, match="--patch-size applies to lit_vit.models.VisionTransformer only"):
-        bench_main(["--config", str(config), "--patch-size", "8", "--no-save"])
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--config", str(config), "--backbone.patch_size", "8", "--no-save"])
+    assert exc.value.code == 2 and "patch_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--backbone.tokens_type", "transformer", "--no-save"])
+    assert exc.value.code == 2 and "tokens_type" in capsys.readouterr().err
+
+
+def test_the_record_goes_to_the_user_cache_not_the_repository_unless_output_names_a_file(tmp_path, monkeypatch, capsys):
+    tracked = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
+    before = hashlib.sha256(tracked.read_bytes()).hexdigest() if tracked.exists() else None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a relative default would land here
+    argv = [*TINY, *FAST, "--mode", "infer", "--repeats", "1"]
+    bench_main(argv)
+    cached = tmp_path / "cache" / "lit_vit" / "bench.jsonl"
+    (rec,) = records(cached)
+    assert f"appended to {cached}" in capsys.readouterr().out
+    assert list(work.iterdir()) == []
+    assert (hashlib.sha256(tracked.read_bytes()).hexdigest() if tracked.exists() else None) == before
+    # --output appends one JSON line per run to the named file, beside what it holds
+    out = work / "mine.jsonl"
+    out.write_text(json.dumps({"earlier": True}) + "\n")
+    bench_main([*argv, "--output", str(out)])
+    earlier, new = records(out)
+    assert earlier == {"earlier": True}
+    assert set(new) >= {"date", "command", "environment", "config", "results", "params", "load_average_before"}
+    assert new["command"] == "python -m lit_vit bench " + " ".join([*argv, "--output", str(out)])
+    assert set(new["results"]["infer"]) >= {"lit_vit", "timm", "ratio_paired_median"}
+    assert len(records(cached)) == 1  # --output replaces the default file, it does not add to it
+
+
+def test_the_default_backbone_is_vit_ti_16_at_224():
+    from lit_vit.bench import instantiate, parse_args
+
+    parser, cfg = parse_args([])
+    model = instantiate(parser, cfg, "backbone")
+    assert (type(model).__name__, model.embed_dim, len(model.blocks)) == ("VisionTransformer", 192, 12)
+    assert model.img_size == (224, 224) and model.patch_embed.patch_size == (16, 16)
+    assert (cfg.batch_size, cfg.warmup, cfg.repeats) == (4, 1, 5) and cfg.data is None
 
 
 def test_cli_dispatches_bench_and_reports_errors_with_exit_2(capsys):
