@@ -9,8 +9,9 @@ import torch
 
 from lit_vit.errors import ConfigError
 from lit_vit.models import VisionTransformer
-from lit_vit.models.vilt import ViLT, load_vilt_weights, read_checkpoint
+from lit_vit.models.vilt import ViLT
 from lit_vit.models.weights.io import describe_mismatch
+from lit_vit.models.weights.vilt import load_vilt_weights, read_checkpoint
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")

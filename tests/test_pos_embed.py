@@ -157,7 +157,7 @@ def test_sincos_2d_with_width_not_divisible_by_4_is_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(pos_embed="learned"), r"unknown pos_embed 'learned'; choose one of none, learned_1d, learned_2d"),
+        (dict(pos_embed="learned"), r"unknown pos_embed 'learned'; choose one of none, learned_1d, .*, rope_2d"),
         (dict(pool="avg"), r"unknown pool 'avg'; choose one of cls, gap, map"),
         (dict(pool="cls", class_token=False), r"pool 'cls' needs the class token.*set class_token: true or pool: gap"),
     ],
@@ -207,3 +207,67 @@ def test_a_negative_learning_rate_is_a_clear_error(name):
     message = rf"{name} must be a learning rate >= 0, got -0.01; e.g. --model.init_args.{name}=1e-3"
     with pytest.raises(ConfigError, match=message):
         ImageClassifier(tiny_vit(), **{name: -0.01})
+
+
+# --- rope_2d: the kind added through the registry alone ------------------------------------------------------------
+def rope_logits(grid=(4, 5), head_dim=8, num_prefix=1, seed=0):
+    """Attention logits of one head whose queries and keys are the same vectors at every position, after rope_2d."""
+    pe = build_pos_embed("rope_2d", dim=head_dim * 2, grid=grid, num_prefix=num_prefix, num_heads=2)
+    g = torch.Generator().manual_seed(seed)
+    n = num_prefix + grid[0] * grid[1]
+    q = torch.randn(1, 1, 1, head_dim, generator=g).expand(1, 1, n, head_dim)
+    k = torch.randn(1, 1, 1, head_dim, generator=g).expand(1, 1, n, head_dim)
+    q2, k2 = pe.qk_hook(grid)(q, k)
+    return q, k, q2, k2, (q2 @ k2.transpose(-2, -1))[0, 0]
+
+
+def test_rope_2d_logits_depend_only_on_the_2d_offset_and_spare_the_class_token():
+    grid = (4, 5)
+    q, k, q2, k2, logits = rope_logits(grid)
+    assert torch.equal(q2[..., 0, :], q[..., 0, :]) and torch.equal(k2[..., 0, :], k[..., 0, :])  # class token
+    torch.testing.assert_close(q2.norm(dim=-1), q.norm(dim=-1))  # a rotation
+    patch = logits[1:, 1:].reshape(*grid, *grid)  # [row_q, col_q, row_k, col_k]
+    # every (query, key) pair moved by the same (dy, dx) keeps its logit ...
+    torch.testing.assert_close(patch[:-1, :-1, :-1, :-1], patch[1:, 1:, 1:, 1:])
+    torch.testing.assert_close(patch[:, :-2, :, :-2], patch[:, 2:, :, 2:])
+    # ... while different offsets give different logits: rows and columns are told apart
+    assert not torch.allclose(patch[0, 0, 0, 1], patch[0, 0, 1, 0])
+    assert not torch.allclose(patch[0, 0, 0, 1], patch[0, 0, 0, 2])
+
+
+def test_rope_2d_makes_the_model_see_patch_order_and_stores_nothing():
+    torch.manual_seed(0)
+    rope, none = tiny_vit("rope_2d").eval(), tiny_vit("none").eval()
+    assert not [k for k in rope.state_dict() if k.startswith("pos_embed.")]  # frequencies are a non-saved buffer
+    x = torch.randn(2, 1, 8, 12)
+    swapped = torch.cat([x[..., 4:8], x[..., 0:4], x[..., 8:]], dim=-1)  # swap the first two patch columns
+    with torch.no_grad():
+        torch.testing.assert_close(none(swapped), none(x))  # no position information: order-blind
+        assert not torch.allclose(rope(swapped), rope(x), atol=1e-5)
+    # attention maps (the plots) apply the same rotation as the fused forward
+    with torch.no_grad():
+        maps = rope.attention_maps(x)
+        block = rope.blocks[0]
+        tokens, grid = rope.embed(x)
+        q, k, _ = block.attn._qkv(block.norm1(tokens), rope.pos_embed.qk_hook(grid))
+        ref = ((q @ k.transpose(-2, -1)) * block.attn.scale).softmax(-1)
+    torch.testing.assert_close(maps[0], ref)
+
+
+def test_rope_2d_needs_a_head_width_divisible_by_4():
+    with pytest.raises(ConfigError, match=r"rope_2d.*embed_dim / num_heads = 24 / 4.*divisible by 4, got 6"):
+        tiny_vit("rope_2d", embed_dim=24, num_heads=4)
+
+
+def test_the_registry_is_the_one_list_of_kinds():
+    from lit_vit.models.layers.pos_embed import PosEmbed
+
+    assert POS_EMBED_KINDS[-1] == "rope_2d" and len(set(POS_EMBED_KINDS)) == len(POS_EMBED_KINDS)
+    for kind in POS_EMBED_KINDS:
+        pe = build_pos_embed(kind, dim=16, grid=(2, 3), num_prefix=1, num_heads=2)
+        assert isinstance(pe, PosEmbed) and pe.kind == kind
+    # every kind answers the whole contract: None where it does not apply
+    pe = build_pos_embed("none", dim=16, grid=(2, 3), num_prefix=1, num_heads=2)
+    assert pe.table((2, 3)) is None and pe.offset_table((2, 3)) is None and pe.qk_hook((2, 3)) is None
+    assert build_pos_embed("relative", 16, (2, 3), 1, 2).offset_table((2, 3)).shape == (2, 3, 5)
+    assert build_pos_embed("learned_1d", 16, (2, 3), 1, 2).table((2, 3)).shape == (1, 7, 16)

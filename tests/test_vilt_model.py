@@ -4,16 +4,14 @@ import pytest
 import torch
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.vilt import (
-    ViLT,
+from lit_vit.models.vilt import ViLT, ipot, wpa_distance
+from lit_vit.models.weights.vilt import (
     convert_hf_vilt,
     convert_original_vilt,
     detect_layout,
-    ipot,
     load_vilt_weights,
     read_state_dict,
     to_original_vilt,
-    wpa_distance,
 )
 
 

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_vit.models.layers import PosEmbed
+
 ARTIFACTS_DIR = "artifacts"
 
 
@@ -27,10 +29,13 @@ ARTIFACTS_DIR = "artifacts"
 def pos_embed_similarity(backbone: torch.nn.Module) -> np.ndarray | None:
     """Cosine similarity (H, W, H, W) between the patch position embeddings, or None for kinds without a table."""
     pos = getattr(backbone, "pos_embed", None)
-    if pos is None or not hasattr(pos, "table"):
+    if not isinstance(pos, PosEmbed):
         return None
     grid = tuple(backbone.grid)
-    table = pos.table(grid).detach().float().reshape(-1, pos.dim)[-grid[0] * grid[1] :]  # drop prefix rows
+    table = pos.table(grid)
+    if table is None:
+        return None
+    table = table.detach().float().reshape(-1, pos.dim)[-grid[0] * grid[1] :]  # drop prefix rows
     table = torch.nn.functional.normalize(table, dim=-1)
     return (table @ table.t()).reshape(*grid, *grid).cpu().numpy()
 
@@ -40,9 +45,10 @@ def relative_bias_maps(backbone: torch.nn.Module) -> np.ndarray | None:
     [h, H-1 + dy, W-1 + dx] is what head h adds to the logit of a query attending to the patch dy rows below and dx
     columns right of it (the centre is the query itself). None for kinds without a relative bias."""
     pos = getattr(backbone, "pos_embed", None)
-    if pos is None or not hasattr(pos, "offset_table"):
+    table = pos.offset_table(tuple(backbone.grid)) if isinstance(pos, PosEmbed) else None
+    if table is None:
         return None
-    return pos.offset_table(tuple(backbone.grid)).detach().float().flip(-2, -1).cpu().numpy()  # query-key -> key-query
+    return table.detach().float().flip(-2, -1).cpu().numpy()  # query-key -> key-query
 
 
 def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int]) -> torch.Tensor:
@@ -208,7 +214,7 @@ class ViTArtifacts(Callback):
     """Writes the position-embedding similarity (or the relative bias maps), mean attention distance and attention
     rollout of the trained backbone to `<run dir>/artifacts/` (.npz numbers + .png) when fit ends.
 
-    Works with any backbone that has `pos_embed` (with `table(grid)` for absolute kinds), `grid`, `patch_embed`,
+    Works with any backbone that has `pos_embed` (a PosEmbed: its `table` / `offset_table`), `grid`, `patch_embed`,
     `num_prefix_tokens` and `attention_maps(x)` (VisionTransformer); missing parts are skipped with a warning.
 
     Args:

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import grid_size, to_2tuple
+from lit_vit.models.layers import PosEmbedKind, grid_size, to_2tuple
 from lit_vit.models.resnetv2 import build_resnet
-from lit_vit.models.variants import HYBRID_VARIANTS
-from lit_vit.models.vit import VIT_VARIANTS, VisionTransformer
+from lit_vit.models.variants import HYBRID_VARIANTS, VIT_VARIANTS
+from lit_vit.models.vit import VisionTransformer
 
 RESNET_WIDTHS = (256, 512, 1024, 2048)
 
@@ -95,7 +95,7 @@ class HybridViT(VisionTransformer):
         qk_scale: attention logit scale (default head_dim ** -0.5).
         class_token: prepend a learned class token.
         pool: cls, gap or map (as VisionTransformer).
-        pos_embed: none, learned_1d, learned_2d, sincos_2d or relative (as VisionTransformer).
+        pos_embed: any registered kind (as VisionTransformer).
         drop_rate: dropout after the embeddings, in MLPs and projections.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth rate of the transformer blocks.
@@ -121,7 +121,7 @@ class HybridViT(VisionTransformer):
         qk_scale: float | None = None,
         class_token: bool = True,
         pool: str = "cls",
-        pos_embed: str = "learned_1d",
+        pos_embed: PosEmbedKind = "learned_1d",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,

@@ -12,9 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, Mlp, build_pos_embed, merge_dims, to_2tuple
+from lit_vit.models.layers import (
+    Block,
+    Mlp,
+    PosEmbedKind,
+    build_pos_embed,
+    init_weights,
+    linear_head,
+    merge_dims,
+    to_2tuple,
+)
 from lit_vit.models.variants import T2T_VARIANTS
-from lit_vit.models.vit import init_weights, linear_head
 
 TOKEN_TYPES = ("performer", "transformer")
 REDUCTION = 16  # soft splits with strides 4, 2, 2
@@ -175,8 +183,8 @@ class T2TViT(nn.Module):
         qkv_bias: bias on the query / key / value projection of the blocks (off in the official models).
         qk_scale: attention logit scale of the blocks (default head_dim ** -0.5, the scale the official training
             script used for every released checkpoint; the factories' embed_dim ** -0.5 branch never loads them).
-        pos_embed: sincos_1d (the official fixed 1-D sinusoid table, frozen), none, learned_1d, learned_2d,
-            sincos_2d or relative.
+        pos_embed: sincos_1d (the official fixed 1-D sinusoid table, frozen) or any other registered kind, as
+            VisionTransformer.
         drop_rate: dropout after the embeddings, in MLPs and projections of the blocks.
         attn_drop_rate: dropout on attention weights of the blocks.
         drop_path_rate: stochastic depth rate, increasing linearly with depth up to this value.
@@ -199,7 +207,7 @@ class T2TViT(nn.Module):
         token_dim: int = 64,
         qkv_bias: bool = False,
         qk_scale: float | None = None,
-        pos_embed: str = "sincos_1d",
+        pos_embed: PosEmbedKind = "sincos_1d",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -228,7 +236,17 @@ class T2TViT(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth, as torch.linspace
         self.blocks = nn.ModuleList(
             # official LayerNorms keep PyTorch's eps 1e-5 (ViT uses 1e-6)
-            Block(embed_dim, num_heads, dims["mlp_ratio"], qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], 1e-5)
+            Block(
+                embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=dims["mlp_ratio"],
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                norm_eps=1e-5,  # the official code's nn.LayerNorm default
+            )
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -282,9 +300,9 @@ class T2TViT(nn.Module):
         x, grid = self.tokens_to_token(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(self.pos_embed(x, grid))
-        attn_bias = self.pos_embed.attn_bias(grid)
+        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
         for block in self.blocks:
-            x = block(x, attn_bias)
+            x = block(x, attn_bias, qk_hook)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -8,35 +8,16 @@ from lit_vit.models.layers import (
     Block,
     MAPHead,
     PatchEmbed,
+    PosEmbedKind,
     build_pos_embed,
     check_pool,
     grid_size,
+    init_weights,
+    linear_head,
     merge_dims,
     to_2tuple,
 )
 from lit_vit.models.variants import VIT_VARIANTS
-
-
-def init_weights(module: nn.Module) -> None:
-    """timm-style init: truncated normal (std 0.02) linear weights, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def linear_head(dim: int, num_classes: int, zero_init: bool = False) -> nn.Module:
-    """A new classification head (identity for num_classes 0); zero_init gives the paper's fine-tuning head."""
-    if num_classes <= 0:
-        return nn.Identity()
-    head = nn.Linear(dim, num_classes)
-    init_weights(head)
-    if zero_init:
-        nn.init.zeros_(head.weight)
-    return head
 
 
 class VisionTransformer(nn.Module):
@@ -57,7 +38,9 @@ class VisionTransformer(nn.Module):
         class_token: prepend a learned class token.
         pool: how the image representation is read out: cls (class token), gap (mean of patch tokens, norm after
             pooling as in timm) or map (attention pooling with a learned query).
-        pos_embed: none, learned_1d (paper default), learned_2d, sincos_2d or relative.
+        pos_embed: how positions enter: none, learned_1d (the paper's default), learned_2d, sincos_2d, relative (a
+            learned bias over 2-D offsets in the attention logits), rope_2d (rotary on queries and keys), sincos_1d
+            (T2T-ViT's fixed table); the choices are the registered kinds of lit_vit.models.layers.pos_embed.
         drop_rate: dropout after the embeddings, in MLPs and projections.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth rate, increasing linearly with depth up to this value.
@@ -78,7 +61,7 @@ class VisionTransformer(nn.Module):
         qk_scale: float | None = None,
         class_token: bool = True,
         pool: str = "cls",
-        pos_embed: str = "learned_1d",
+        pos_embed: PosEmbedKind = "learned_1d",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -106,7 +89,16 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
+            Block(
+                embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+            )
             for i in range(depth)
         )
         # timm's layout: the final norm acts on all tokens for cls / map, after pooling (fc_norm) for gap
@@ -158,20 +150,20 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid = self.embed(x)
-        attn_bias = self.pos_embed.attn_bias(grid)
+        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
         for block in self.blocks:
-            x = block(x, attn_bias)
+            x = block(x, attn_bias, qk_hook)
         return self.norm(x)
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Attention probabilities of every block (a list of B x heads x N x N, class token first when present),
         computed explicitly for analysis; `forward` keeps the fused attention kernel."""
         x, grid = self.embed(x)
-        attn_bias = self.pos_embed.attn_bias(grid)
+        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.attention_probs(block.norm1(x), attn_bias))
-            x = block(x, attn_bias)
+            maps.append(block.attn.attention_probs(block.norm1(x), attn_bias, qk_hook))
+            x = block(x, attn_bias, qk_hook)
         return maps
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

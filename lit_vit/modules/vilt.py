@@ -14,7 +14,8 @@ from torchmetrics import MeanMetric
 
 from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
-from lit_vit.models.vilt import ViLT, load_vilt_weights, read_checkpoint, wpa_distance
+from lit_vit.models.vilt import ViLT, wpa_distance
+from lit_vit.models.weights.vilt import load_vilt_weights, read_checkpoint
 
 
 def warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -1,26 +1,46 @@
 """Position embeddings as swappable parts of a token model.
 
-Every kind is a module with the same three methods:
+Every kind is a `PosEmbed` subclass registered under its name with `@register("name")`; the registry is the one list
+of kinds (`POS_EMBED_KINDS`, the `pos_embed` choices in --help, the tests and bench read it). A kind overrides what it
+needs of the base class's contract:
 
 - ``forward(x, grid)`` adds absolute position information to ``x = [prefix tokens; grid tokens]``;
 - ``attn_bias(grid)`` returns an additive attention bias (heads x N x N) or ``None``;
+- ``qk_hook(grid)`` returns a function applied to every block's queries and keys (rotary kinds) or ``None``;
+- ``table(grid)`` / ``offset_table(grid)`` expose an absolute table (N x D) / a relative bias over offsets for the
+  plots, or ``None``;
 - ``resize(grid)`` permanently resamples learned tables to a new patch grid (fine-tuning at a new resolution);
 - ``stored_grid(state)`` tells the patch grid a state dict of the kind was saved at, so that `resample_state_dict`
   can load weights of any kind saved at one grid into a model built for another (through ``resize``).
 
 A grid that differs from the stored one at forward time is handled by resampling on the fly, so a model trained at
-one size evaluates at another without a separate step.
+one size evaluates at another without a separate step. Adding a kind is one class in this file.
 """
 
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
+from lit_vit.models.layers.attention import QKHook
 
-POS_EMBED_KINDS = ("none", "learned_1d", "learned_2d", "sincos_2d", "relative", "sincos_1d")
+_KINDS: dict[str, type["PosEmbed"]] = {}
+
+
+def register(name: str) -> Callable[[type["PosEmbed"]], type["PosEmbed"]]:
+    """Class decorator: make a PosEmbed subclass buildable as `pos_embed: <name>`."""
+
+    def add(cls: type["PosEmbed"]) -> type["PosEmbed"]:
+        _KINDS[name] = cls
+        cls.kind = name
+        return cls
+
+    return add
 
 
 def resample_grid(
@@ -38,8 +58,31 @@ def resample_grid(
     return t.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(dtype)
 
 
+def resample_table(
+    table: torch.Tensor,
+    num_prefix: int,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """A (1, num_prefix + H*W, D) table with its patch rows resampled to `new_grid` and its prefix rows kept.
+
+    `old_grid` defaults to the square grid of the patch rows (a checkpoint's table at another image size); a count
+    that is not a square is an error naming the fix.
+    """
+    if old_grid is None:
+        old_grid = _table_grid(table.shape[1] - num_prefix, new_grid, "position table")
+    if tuple(old_grid) == tuple(new_grid):  # no slice / cat: in a training step they cost as much as the add itself
+        return table
+    prefix, patches = table[:, :num_prefix], table[:, num_prefix:]
+    return torch.cat([prefix, resample_grid(patches, old_grid, new_grid, antialias=antialias)], dim=1)
+
+
+@register("none")
 class PosEmbed(nn.Module):
     """No position information (the paper's 'none'); the base class of every kind."""
+
+    kind: str = "none"  # the registered name, set by @register
 
     def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
         super().__init__()
@@ -49,6 +92,20 @@ class PosEmbed(nn.Module):
         return x
 
     def attn_bias(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """An additive attention bias (1 x heads x N x N) for the tokens of `grid`, or None."""
+        return None
+
+    def qk_hook(self, grid: tuple[int, int]) -> QKHook | None:
+        """A function (q, k) -> (q, k) applied in every block before the attention product, or None."""
+        return None
+
+    def table(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The absolute table added to the tokens for `grid`, or None (no absolute table): its last H*W rows (D wide)
+        are the patch positions in raster order, after the prefix rows when the kind has them."""
+        return None
+
+    def offset_table(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """A relative bias over 2-D offsets, (heads, 2H-1, 2W-1), or None (no relative bias)."""
         return None
 
     def resize(self, grid: tuple[int, int]) -> None:
@@ -76,6 +133,7 @@ def _table_grid(n: int, grid: tuple[int, int], what: str) -> tuple[int, int]:
     return side, side
 
 
+@register("learned_1d")
 class LearnedPosEmbed1d(PosEmbed):
     """The paper's default: one learned vector per position, (num_prefix + H*W) x D."""
 
@@ -85,10 +143,7 @@ class LearnedPosEmbed1d(PosEmbed):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def table(self, grid: tuple[int, int]) -> torch.Tensor:
-        if tuple(grid) == self.grid:  # the common case: no slice / cat, which cost as much as the add itself
-            return self.pos_embed
-        prefix, patches = self.pos_embed[:, : self.num_prefix], self.pos_embed[:, self.num_prefix :]
-        return torch.cat([prefix, resample_grid(patches, self.grid, grid)], dim=1)
+        return resample_table(self.pos_embed, self.num_prefix, grid, self.grid)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return x + self.table(grid)
@@ -101,6 +156,7 @@ class LearnedPosEmbed1d(PosEmbed):
         return _table_grid(state["pos_embed"].shape[1] - self.num_prefix, self.grid, "position table")
 
 
+@register("learned_2d")
 class LearnedPosEmbed2d(PosEmbed):
     """The paper's 2-D embedding: learned X and Y tables of D/2 each; a patch gets concat(X[col], Y[row])."""
 
@@ -152,6 +208,7 @@ def sincos_2d_table(grid: tuple[int, int], dim: int, temperature: float = 10000.
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
 
 
+@register("sincos_2d")
 class SinCosPosEmbed2d(PosEmbed):
     """Fixed 2-D sin-cos embedding; prefix tokens get none. Nothing is stored, so any grid works as is."""
 
@@ -175,6 +232,7 @@ class SinCosPosEmbed2d(PosEmbed):
         return torch.cat([x[:, : self.num_prefix], x[:, self.num_prefix :] + t], dim=1)
 
 
+@register("relative")
 class RelativePosBias(PosEmbed):
     """Learned per-head bias over 2-D relative offsets, added to the attention logits.
 
@@ -249,6 +307,7 @@ def sinusoid_1d_table(n_positions: int, dim: int) -> torch.Tensor:
     return table.float()[None]
 
 
+@register("sincos_1d")
 class SinCosPosEmbed1d(PosEmbed):
     """T2T-ViT's fixed 1-D sinusoid table over the flattened sequence [prefix; H*W patches in raster order].
 
@@ -265,8 +324,7 @@ class SinCosPosEmbed1d(PosEmbed):
         self.pos_embed = nn.Parameter(table, requires_grad=False)
 
     def table(self, grid: tuple[int, int]) -> torch.Tensor:
-        prefix, patches = self.pos_embed[:, : self.num_prefix], self.pos_embed[:, self.num_prefix :]
-        return torch.cat([prefix, resample_grid(patches, self.grid, grid, antialias=False)], dim=1)
+        return resample_table(self.pos_embed, self.num_prefix, grid, self.grid, antialias=False)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         return x + self.table(grid)
@@ -279,14 +337,67 @@ class SinCosPosEmbed1d(PosEmbed):
         return _table_grid(state["pos_embed"].shape[1] - self.num_prefix, self.grid, "position table")
 
 
-_KINDS = {
-    "none": PosEmbed,
-    "learned_1d": LearnedPosEmbed1d,
-    "learned_2d": LearnedPosEmbed2d,
-    "sincos_2d": SinCosPosEmbed2d,
-    "relative": RelativePosBias,
-    "sincos_1d": SinCosPosEmbed1d,
-}
+def rope_2d_freqs(head_dim: int, theta: float = 100.0) -> torch.Tensor:
+    """The head_dim / 4 frequencies theta ** (-i / (head_dim / 4)) of axial 2-D RoPE (RoPE-Axial of Heo et al.,
+    "Rotary Position Embedding for Vision Transformer", ECCV 2024; theta 100 as there)."""
+    quarter = head_dim // 4
+    return theta ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+
+
+def rope_2d_angles(grid: tuple[int, int], freqs: torch.Tensor) -> torch.Tensor:
+    """Rotation angles (H*W, 2 * len(freqs)) on freqs' device: the first half of the rotated pairs turns with the
+    patch's column, the second half with its row."""
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], device=freqs.device), torch.arange(grid[1], device=freqs.device), indexing="ij"
+    )
+    x = cols.flatten()[:, None].float() * freqs[None]
+    y = rows.flatten()[:, None].float() * freqs[None]
+    return torch.cat([x, y], dim=1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the grid tokens of q and k (B x heads x N x head_dim) by the angles whose cos / sin are given
+    (H*W x head_dim / 2), pairing channel i with channel i + head_dim / 2 ("rotate half"); prefix tokens (the class
+    token) carry no position and are left as they are."""
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        grid_tokens = t[:, :, num_prefix:]
+        a, b = grid_tokens.chunk(2, dim=-1)
+        c, s = cos.to(t.dtype), sin.to(t.dtype)
+        rotated = torch.cat([a * c - b * s, a * s + b * c], dim=-1)
+        return torch.cat([t[:, :, :num_prefix], rotated], dim=2) if num_prefix else rotated
+
+    return rotate(q), rotate(k)
+
+
+@register("rope_2d")
+class RotaryPosEmbed2d(PosEmbed):
+    """2-D rotary position embedding on the queries and keys of every block (axial RoPE, as in recent ViTs: EVA-02,
+    RoPE-ViT). Nothing is added to the tokens and nothing is stored, so any grid works as is; the attention logit of
+    two patches depends on their offset only. Needs head_dim divisible by 4 (x and y halves of rotated pairs)."""
+
+    def __init__(self, dim: int, grid: tuple[int, int], num_prefix: int = 1, num_heads: int = 1) -> None:
+        head_dim = dim // num_heads
+        if head_dim % 4:
+            raise ConfigError(
+                f"pos_embed 'rope_2d' needs a head width (embed_dim / num_heads = {dim} / {num_heads}) divisible by 4, "
+                f"got {head_dim}; change embed_dim or num_heads, or use another pos_embed"
+            )
+        super().__init__(dim, grid, num_prefix, num_heads)
+        self.head_dim = head_dim
+        # not saved (a function of head_dim), a buffer so that it follows the module to its device
+        self.register_buffer("freqs", rope_2d_freqs(head_dim), persistent=False)
+
+    def qk_hook(self, grid: tuple[int, int]) -> QKHook:
+        angles = rope_2d_angles(grid, self.freqs)
+        return partial(apply_rotary, cos=angles.cos(), sin=angles.sin(), num_prefix=self.num_prefix)
+
+
+# The one list of kinds, in registration order; `PosEmbedKind` types the `pos_embed` options (the choices in --help).
+POS_EMBED_KINDS: tuple[str, ...] = tuple(_KINDS)
+PosEmbedKind = Literal[POS_EMBED_KINDS]  # type: ignore[valid-type]
 
 
 def build_pos_embed(kind: str, dim: int, grid: tuple[int, int], num_prefix: int, num_heads: int) -> PosEmbed:
@@ -328,9 +439,15 @@ def resample_state_dict(
 __all__ = [
     "POS_EMBED_KINDS",
     "PosEmbed",
+    "PosEmbedKind",
+    "register",
+    "resample_table",
     "build_pos_embed",
     "resample_grid",
     "resample_state_dict",
+    "apply_rotary",
+    "rope_2d_angles",
+    "rope_2d_freqs",
     "sincos_2d_table",
     "sinusoid_1d_table",
 ]

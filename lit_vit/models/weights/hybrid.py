@@ -15,10 +15,9 @@ from torch import nn
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_state_dict
 from lit_vit.models.variants import HYBRID_VARIANTS, VIT_VARIANTS
-from lit_vit.models.weights.io import describe_mismatch, load_state_dict
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
 from lit_vit.models.weights.vit import vit_from_timm
 
-HEAD_KEYS = ("head.weight", "head.bias")
 _BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
 
 
@@ -57,34 +56,22 @@ def load_hybrid_weights(model: nn.Module, path: str | Path, load_head: bool = Fa
     keys and shapes, any pos_embed resampled to the model's grid; the head only when `load_head` and its shape
     matches (fine-tuning attaches a new head). Returns {"skipped": [...]}: the keys deliberately not loaded."""
     sd = load_state_dict(path)
-    if any(k.startswith("backbone.") for k in sd):  # a Lightning checkpoint of ImageClassifier
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
-    elif "pos_embed" in sd:
+    sd = lightning_backbone(sd)  # a Lightning checkpoint of ImageClassifier: its backbone's keys
+    if "pos_embed" in sd:
         sd = hybrid_from_timm(sd)
-    own = model.state_dict()
     if not any(k.startswith("patch_embed.backbone.") for k in sd):
         raise ConfigError(
             f"{path} holds {describe_hybrid(sd)}, not a hybrid ViT; load it into lit_vit.models.VisionTransformer, "
             "or give a timm hybrid checkpoint (vit_base_r50_s16_224, ...)"
         )
     sd = resample_state_dict(model.pos_embed, sd)  # any pos_embed kind saved at another grid -> the model's grid
-    skipped = []
-    for k in HEAD_KEYS:
-        if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
-            skipped.append(k)
-            sd.pop(k)
-    missing = [k for k in own if k not in sd and k not in HEAD_KEYS]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        msg = describe_mismatch(missing, unexpected, f"this hybrid ({describe_hybrid(own)})")
-        if shapes:
-            msg += f"; shape mismatches ({len(shapes)}): " + ", ".join(shapes[:6])
-        raise ConfigError(
-            f"{msg}. {path} holds {describe_hybrid(sd)}: build the model with that variant (or layers, widths, "
-            "patch_size, embed_dim, depth, pool, class_token and pos_embed of the checkpoint's model)"
-        )
-    model.load_state_dict(sd, strict=False)  # strictness checked above, with the deliberately skipped head
+    skipped = strict_load(
+        model,
+        sd,
+        what=f"this hybrid ({describe_hybrid(model.state_dict())})",
+        fix=f"{path} holds {describe_hybrid(sd)}: build the model with that variant (or layers, widths, patch_size, "
+        "embed_dim, depth, pool, class_token and pos_embed of the checkpoint's model)",
+        optional=HEAD_KEYS,
+        load_optional=load_head,
+    )
     return {"skipped": skipped}

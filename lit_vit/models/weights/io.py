@@ -1,18 +1,17 @@
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lit_vit.errors import ConfigError
 
+HEAD_KEYS = ("head.weight", "head.bias")  # the classification head of ViT, T2T-ViT and the hybrid
 NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 
 
-def load_state_dict(path: str | Path, prefer: tuple[str, ...] = NESTED_KEYS) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling arbitrary objects (safetensors or torch.load(weights_only=True)).
-
-    Accepts a bare state dict or one nested under a common key (`state_dict_ema`, `state_dict`, `model`, ...; the
-    first of `prefer` present wins). A Lightning checkpoint's `model.` / `backbone.` prefixes are kept as they are.
-    """
+def read_weights_file(path: str | Path) -> dict:
+    """The top-level mapping of a .safetensors / torch.save file, read without running code (safetensors, or
+    torch.load(weights_only=True): tensors and plain containers only); a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file {path} does not exist; give the path of a .pth / .pth.tar / .safetensors file")
@@ -28,12 +27,23 @@ def load_state_dict(path: str | Path, prefer: tuple[str, ...] = NESTED_KEYS) -> 
             "Only tensors and plain containers are loaded (weights_only=True); re-save the state dict with "
             "torch.save(model.state_dict(), path) or convert it to safetensors"
         ) from err
-    if isinstance(obj, dict):
-        for key in prefer:
-            if isinstance(obj.get(key), dict) and obj[key]:
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return obj
+
+
+def load_state_dict(path: str | Path, prefer: tuple[str, ...] = NESTED_KEYS) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects (see `read_weights_file`).
+
+    Accepts a bare state dict or one nested under a common key (`state_dict_ema`, `state_dict`, `model`, ...; the
+    first of `prefer` present wins). A Lightning checkpoint's `model.` / `backbone.` prefixes are kept as they are.
+    """
+    obj = read_weights_file(path)
+    for key in prefer:
+        if isinstance(obj.get(key), dict) and obj[key]:
+            obj = obj[key]
+            break
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -53,3 +63,48 @@ def describe_mismatch(missing: list[str], unexpected: list[str], what: str, shap
     if shapes:
         parts.append(f"shape mismatches ({len(shapes)}; checkpoint vs model): {head(shapes)}")
     return f"the checkpoint does not match {what}: " + "; ".join(parts)
+
+
+def strict_load(
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    *,
+    what: str,
+    fix: str,
+    optional: tuple[str, ...] = (),
+    load_optional: bool = True,
+    skip_mismatched: bool = True,
+) -> list[str]:
+    """Load `sd` into `model` with every key and shape checked: the one strict loader of every backbone.
+
+    `optional` are key prefixes (the heads) that may be absent from the checkpoint (they stay as initialised). The
+    checkpoint's optional keys are loaded when `load_optional` and the model has them with the same shape; otherwise
+    they are skipped (a head for other classes) or, with `skip_mismatched=False`, a shape mismatch is an error. Any
+    other missing or unexpected key or shape mismatch raises ConfigError: "the checkpoint does not match <what>: ...
+    <fix>". Returns the checkpoint keys deliberately not loaded.
+    """
+    own = model.state_dict()
+    sd = dict(sd)
+    skipped = []
+    for k in [k for k in sd if k.startswith(optional) and optional]:
+        mismatched = k in own and sd[k].shape != own[k].shape
+        if not load_optional or k not in own or (mismatched and skip_mismatched):
+            skipped.append(k)
+            sd.pop(k)
+    missing = [k for k in own if k not in sd and not (optional and k.startswith(optional))]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ConfigError(f"{describe_mismatch(missing, unexpected, what, shapes)}. {fix}")
+    model.load_state_dict(sd, strict=False)  # strictness checked above, with the optional keys accounted for
+    return skipped
+
+
+def lightning_backbone(sd: dict[str, torch.Tensor], prefix: str = "backbone.") -> dict[str, torch.Tensor]:
+    """The backbone's own keys of a lit_vit Lightning checkpoint (`backbone.` / `model.` prefix removed); any
+    other state dict as it is."""
+    if any(k.startswith(prefix) for k in sd):
+        return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    return sd

@@ -1,7 +1,8 @@
 """Official T2T-ViT checkpoints (yitu-opensource/T2T-ViT) -> lit_vit T2TViT.
 
-The official key names are ours (REFERENCE.md section 2) but for the position table: `pos_embed` (1, N+1, D) ->
-`pos_embed.pos_embed`. The released files were written by timm's training script: a dict with `state_dict`,
+The official key names (tokens_to_token.attention1, blocks.<i>.attn.qkv, ...) are ours but for the position table:
+`pos_embed` (1, N+1, D) -> `pos_embed.pos_embed`. The released files were written by timm's training script: a dict with
+`state_dict`,
 `state_dict_ema`, the optimizer state and the training `args` (an argparse.Namespace, the one non-tensor object
 that is allowed through the safe unpickler here).
 """
@@ -13,11 +14,9 @@ import torch
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import resample_grid, resample_state_dict
+from lit_vit.models.layers import resample_state_dict, resample_table
 from lit_vit.models.variants import T2T_VARIANTS
-from lit_vit.models.weights.io import describe_mismatch, load_state_dict
-
-HEAD_KEYS = ("head.weight", "head.bias")
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
 
 
 def read_t2t_checkpoint(path: str | Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -51,9 +50,7 @@ def t2t_from_official(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     checkpoints were fine-tuned with a table interpolated from the 224 one (it is frozen, so it stays that way), and
     interpolation keeps each patch's code tied to its place in the image. No antialiasing, as the official resize.
     """
-    sd = dict(sd)
-    if any(k.startswith("backbone.") for k in sd):  # a lit_vit ImageClassifier .ckpt: its backbone's own keys
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    sd = dict(lightning_backbone(sd))  # a lit_vit ImageClassifier .ckpt: its backbone's own keys
     if "pos_embed" in sd:
         if "pos_embed.pos_embed" not in model.state_dict():
             raise ConfigError(
@@ -61,16 +58,8 @@ def t2t_from_official(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
                 "built with another position embedding; set pos_embed: sincos_1d (the official one) or learned_1d"
             )
         table = sd.pop("pos_embed")
-        n_old = table.shape[1] - model.num_prefix_tokens
-        if table.ndim == 3 and n_old != model.grid[0] * model.grid[1]:
-            side = int(round(n_old**0.5))
-            if side * side != n_old:
-                raise ConfigError(
-                    f"the checkpoint's position table has {n_old} patch rows, not a square grid, and the model's "
-                    f"grid is {model.grid}; build the model at the checkpoint's image size"
-                )
-            prefix, patches = table[:, : model.num_prefix_tokens], table[:, model.num_prefix_tokens :]
-            table = torch.cat([prefix, resample_grid(patches, (side, side), model.grid, antialias=False)], dim=1)
+        if table.ndim == 3:  # (1, 1 + H*W, D) at the checkpoint's square grid -> the model's grid, class row kept
+            table = resample_table(table, model.num_prefix_tokens, model.grid, antialias=False)
         sd["pos_embed.pos_embed"] = table
     return resample_state_dict(model.pos_embed, sd)  # lit_vit checkpoints of any kind saved at another grid
 
@@ -84,27 +73,12 @@ def load_t2t_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = True
     Returns the keys deliberately not loaded.
     """
     raw = read_t2t_checkpoint(path, use_ema)
-    sd = t2t_from_official(raw, model)
-    own = model.state_dict()
-    skipped = [k for k in HEAD_KEYS if k in sd and (k not in own or sd[k].shape != own[k].shape)]
-    for k in skipped:
-        sd.pop(k)
-    missing = [k for k in own if k not in sd and k not in skipped]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        msg = describe_mismatch(
-            missing,
-            unexpected,
-            f"this T2T-ViT ({model.tokens_type}, embed_dim {model.embed_dim}, "
-            f"depth {len(model.blocks)}, in_chans {model.in_chans})",
-            shapes,
-        )
-        raise ConfigError(
-            f"{msg}. {path} holds {describe_checkpoint(raw)}: build the model with that variant (and in_chans 3, "
-            "token_dim 64), or check that the file is an official T2T-ViT checkpoint"
-        )
-    model.load_state_dict(sd, strict=False)  # strictness checked above, with the deliberately skipped head
-    return skipped
+    return strict_load(
+        model,
+        t2t_from_official(raw, model),
+        what=f"this T2T-ViT ({model.tokens_type}, embed_dim {model.embed_dim}, depth {len(model.blocks)}, "
+        f"in_chans {model.in_chans})",
+        fix=f"{path} holds {describe_checkpoint(raw)}: build the model with that variant (and in_chans 3, "
+        "token_dim 64), or check that the file is an official T2T-ViT checkpoint",
+        optional=HEAD_KEYS,
+    )

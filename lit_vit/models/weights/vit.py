@@ -7,7 +7,7 @@ from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_state_dict
-from lit_vit.models.weights.io import describe_mismatch, load_state_dict
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
 
 
 def vit_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -16,7 +16,9 @@ def vit_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def vit_from_torchvision(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision.models.VisionTransformer -> ours (REFERENCE.md section 4)."""
+    """torchvision.models.VisionTransformer -> ours (encoder_layer_<i>.ln_1 / self_attention.in_proj_* / mlp.0 / mlp.3
+    are our blocks.<i>.norm1 / attn.qkv / mlp.fc1 / mlp.fc2; class_token, encoder.pos_embedding, conv_proj, heads.head
+    are cls_token, the 1-D table, patch_embed.proj, head)."""
     out = {}
     for k, v in sd.items():
         if k.startswith("encoder.layers.encoder_layer_"):
@@ -66,8 +68,8 @@ def load_vit_weights(model: nn.Module, path: str | Path, load_head: bool = False
         sd = vit_from_timm(sd)
     elif layout == "torchvision":
         sd = vit_from_torchvision(sd)
-    elif any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    else:
+        sd = lightning_backbone(sd)
     own = model.state_dict()
     if ("cls_token" in sd) != ("cls_token" in own):
         has = "has a class token" if "cls_token" in sd else "has no class token (e.g. timm's class_token=False)"
@@ -77,18 +79,12 @@ def load_vit_weights(model: nn.Module, path: str | Path, load_head: bool = False
             f"set model.init_args.backbone.init_args.class_token: {want}"
         )
     sd = resample_state_dict(model.pos_embed, sd)  # any kind saved at another grid -> the model's grid
-    skipped = []
-    for k in ("head.weight", "head.bias"):
-        if k in sd and (not load_head or k not in own or sd[k].shape != own[k].shape):
-            skipped.append(k)
-            sd.pop(k)
-    missing = [k for k in own if k not in sd and k not in ("head.weight", "head.bias")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        msg = describe_mismatch(missing, unexpected, f"this ViT ({layout} layout read from {path})", shapes)
-        raise ConfigError(msg + ". Check variant, patch_size, pool and class_token against the checkpoint's model")
-    model.load_state_dict(sd, strict=False)
+    skipped = strict_load(
+        model,
+        sd,
+        what=f"this ViT ({layout} layout read from {path})",
+        fix="Check variant, patch_size, pool and class_token against the checkpoint's model",
+        optional=HEAD_KEYS,
+        load_optional=load_head,
+    )
     return {"skipped": skipped}

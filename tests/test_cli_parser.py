@@ -1,0 +1,32 @@
+"""Type errors of any option are one `error:` line naming the option, what it accepts and what it got."""
+
+import pytest
+
+from lit_vit.cli import main
+from lit_vit.cli_parser import condense
+
+BB = "--model.init_args.backbone.init_args"
+
+
+@pytest.mark.parametrize(
+    "arg,expected",
+    [
+        (
+            f"{BB}.pos_embed=rope3",
+            "error: --model.backbone.pos_embed: expected one of none, learned_1d, learned_2d, sincos_2d, relative, "
+            "sincos_1d, rope_2d; got 'rope3' (see --help)",
+        ),
+        ("--data.init_args.batch_size=1.5", "error: --data.batch_size: expected int; got '1.5' (see --help)"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_error_line(arg, expected, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config=experiments/ablation_pos.yaml", arg, f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [expected]
+    assert not list(tmp_path.iterdir())  # stopped before anything was written
+
+
+def test_condense_keeps_an_unknown_message_whole_on_one_line():
+    assert condense("Unrecognized arguments:\n  --nonsense 3") == "Unrecognized arguments: --nonsense 3"
