@@ -4,6 +4,7 @@ A run lives in the Trainer's `default_root_dir`: config.yaml, metrics.csv, check
 checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it.
 """
 
+import argparse
 import importlib
 import importlib.util
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -202,7 +204,12 @@ class LitViTCLI(LightningCLI):
             save_config_callback=FitConfigSaver,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs/default", "log_every_n_steps": 10},
-            parser_kwargs={name: {"epilog": RESUME_HELP} for name in ("fit", "validate", "test", "predict")},
+            parser_kwargs={
+                "prog": "python -m lit_vit",  # not argparse's default, the file name (__main__.py)
+                "epilog": EXTRA_COMMANDS_HELP,
+                "formatter_class": CommandListFormatter,
+                **{name: {"epilog": RESUME_HELP} for name in ("fit", "validate", "test", "predict")},
+            },
             args=args,
             run=run,
         )
@@ -368,6 +375,18 @@ class LitViTCLI(LightningCLI):
 
 # Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
 EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main", "plot": "lit_vit.ablation.plots:main"}
+# `python -m lit_vit --help` lists them below fit / validate / test / predict, in the same layout
+EXTRA_COMMANDS_HELP = """\
+  More subcommands (python -m lit_vit <subcommand> --help for their options):
+    bench               Time training and inference steps of a backbone against
+                        timm's ViT (FLOPs, MFU), and the data loader.
+    plot                Redraw an ablation sweep's results.csv and plots from
+                        its saved runs, without training.
+"""
+
+
+class CommandListFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the line breaks of the epilog (the list of EXTRA_COMMANDS)."""
 
 
 # argparse takes "-1" and "-0.5" as values but reads a negative number with an exponent ("-1e-3") as an option

@@ -1,0 +1,53 @@
+"""`python -m lit_vit --help` lists every subcommand; every usage line names `python -m lit_vit`, not __main__.py."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_vit.cli import EXTRA_COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def help_text(*argv: str) -> str:
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", COLUMNS="120")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_vit", *argv, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "__main__" not in proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_top_level_help_lists_the_lightning_and_the_extra_subcommands():
+    text = help_text()
+    assert text.startswith("usage: python -m lit_vit ")
+    lines = text.splitlines()
+    # one line each, name first, then what it does: fit..predict from LightningCLI, then bench and plot
+    listed = {line.split()[0]: line for line in lines if line.startswith("    ") and line.split()}
+    for name in ("fit", "validate", "test", "predict", *EXTRA_COMMANDS):
+        assert name in listed and len(listed[name].split()) > 2, name
+    assert "against" in listed["bench"] and "timm" in text and "sweep" in listed["plot"]
+    assert list(EXTRA_COMMANDS) == ["bench", "plot"]
+
+
+@pytest.mark.slow
+def test_lightning_subcommand_usage_names_python_m_lit_vit():
+    assert help_text("fit").startswith("usage: python -m lit_vit [options] fit ")
+
+
+@pytest.mark.parametrize("command", list(EXTRA_COMMANDS))
+def test_extra_subcommand_usage_names_python_m_lit_vit(command, capsys):
+    # their parsers name their prog themselves (no sys.argv[0] involved), so this runs in-process
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0 and text.startswith(f"usage: python -m lit_vit {command} ")
+    if command == "bench":
+        # the full ViT-B/16 comparison is one documented command away from the small default
+        assert "--backbone.variant B --batch-size 32" in text and "ViT-Ti/16" in text
+        assert "~/.cache/lit_vit/bench.jsonl" in text
