@@ -13,7 +13,7 @@ from torch import nn
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import PosEmbedKind, grid_size, to_2tuple
 from lit_vit.models.resnetv2 import build_resnet
-from lit_vit.models.variants import HYBRID_VARIANTS, VIT_VARIANTS
+from lit_vit.models.variants import HYBRID_VARIANTS, vit_dims
 from lit_vit.models.vit import VisionTransformer
 
 RESNET_WIDTHS = (256, 512, 1024, 2048)
@@ -130,10 +130,7 @@ class HybridViT(VisionTransformer):
             name, spec, timm_size = resolve_variant(variant)
         else:
             name, spec, timm_size = None, dict(layers=(3, 4, 9), vit="B", patch_size=1), None
-        dims = dict(VIT_VARIANTS[spec["vit"]])
-        dims.update(
-            {k: v for k, v in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
-        )
+        embed_dim, depth, num_heads = vit_dims(spec["vit"], "ViT", embed_dim, depth, num_heads)
         for key, value in (("patch_size", patch_size), ("stem_width", stem_width), ("num_groups", num_groups)):
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be at least 1, got {value}")
@@ -155,7 +152,9 @@ class HybridViT(VisionTransformer):
             drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
-            **dims,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
         )
         # replaces the ViT's patch Conv2d, in the same place of the module order (timm's key order)
         self.patch_embed = HybridEmbed(

@@ -1,5 +1,8 @@
 """The named model sizes (the papers' variant tables), below the model and weights modules that both read them."""
 
+from lit_vit.errors import ConfigError
+from lit_vit.models.layers.dims import merge_dims
+
 # The paper's variants (Table 1) plus DeiT's Ti and S; the patch size is a separate argument ("ViT-B/16").
 VIT_VARIANTS: dict[str, dict[str, int]] = {
     "Ti": dict(embed_dim=192, depth=12, num_heads=3),
@@ -32,3 +35,21 @@ HYBRID_VARIANTS: dict[str, dict] = {
     "R50+ViT-B/16": dict(timm="vit_base_r50_s16_224", layers=(3, 4, 9), vit="B", patch_size=1),
     "R50+ViT-L/32": dict(timm="vit_large_r50_s32_224", layers=(3, 4, 6, 3), vit="L", patch_size=1),
 }
+
+
+def vit_dims(
+    variant: str | None, what: str, embed_dim: int | None, depth: int | None, num_heads: int | None
+) -> tuple[int, int, int]:
+    """(embed_dim, depth, num_heads) of a ViT-style encoder: the named variant's (ViT-B when None) with every given
+    size on top; an unknown name, a size < 1 or a width not divisible by the heads is a ConfigError."""
+    if variant is not None and variant not in VIT_VARIANTS:
+        raise ConfigError(
+            f"unknown {what} variant {variant!r}; choose one of {', '.join(VIT_VARIANTS)} "
+            "or leave variant unset and give embed_dim, depth and num_heads"
+        )
+    dims = merge_dims(dict(VIT_VARIANTS[variant or "B"]), embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    if dims["embed_dim"] % dims["num_heads"]:
+        raise ConfigError(
+            f"embed_dim {dims['embed_dim']} is not divisible by num_heads {dims['num_heads']}; change one of them"
+        )
+    return dims["embed_dim"], dims["depth"], dims["num_heads"]

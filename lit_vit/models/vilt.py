@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, PatchEmbed, init_weights, merge_dims
-from lit_vit.models.variants import VIT_VARIANTS
+from lit_vit.models.layers import Block, PatchEmbed, init_weights
+from lit_vit.models.variants import vit_dims
 
 
 class TextEmbed(nn.Module):
@@ -103,16 +103,7 @@ class ViLT(nn.Module):
         rank_head: bool = False,
     ) -> None:
         super().__init__()
-        if variant is not None and variant not in VIT_VARIANTS:
-            raise ConfigError(
-                f"unknown ViLT variant {variant!r}; choose one of {', '.join(VIT_VARIANTS)} "
-                "or leave variant unset and give embed_dim, depth and num_heads"
-            )
-        dims = dict(VIT_VARIANTS.get(variant, VIT_VARIANTS["B"]))
-        dims = merge_dims(dims, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        dim, depth, num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
-        if dim % num_heads:
-            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}; change one of them")
+        dim, depth, num_heads = vit_dims(variant, "ViLT", embed_dim, depth, num_heads)
         if img_size % patch_size:
             raise ConfigError(f"img_size {img_size} is not a multiple of patch_size {patch_size}; change one of them")
         self.embed_dim, self.max_text_len, self.max_image_len = dim, max_text_len, max_image_len

@@ -3,7 +3,6 @@
 import torch
 from torch import nn
 
-from lit_vit.errors import ConfigError
 from lit_vit.models.layers import (
     Block,
     MAPHead,
@@ -14,10 +13,9 @@ from lit_vit.models.layers import (
     grid_size,
     init_weights,
     linear_head,
-    merge_dims,
     to_2tuple,
 )
-from lit_vit.models.variants import VIT_VARIANTS
+from lit_vit.models.variants import VIT_VARIANTS, vit_dims
 
 
 class VisionTransformer(nn.Module):
@@ -67,16 +65,7 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if variant is not None and variant not in VIT_VARIANTS:
-            raise ConfigError(
-                f"unknown ViT variant {variant!r}; choose one of {', '.join(VIT_VARIANTS)} "
-                "or leave variant unset and give embed_dim, depth and num_heads"
-            )
-        dims = dict(VIT_VARIANTS.get(variant, VIT_VARIANTS["B"]))
-        dims = merge_dims(dims, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        embed_dim, depth, num_heads = dims["embed_dim"], dims["depth"], dims["num_heads"]
-        if embed_dim % num_heads:
-            raise ConfigError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}; change one of them")
+        embed_dim, depth, num_heads = vit_dims(variant, "ViT", embed_dim, depth, num_heads)
         check_pool(pool, class_token)
         self.img_size = to_2tuple(img_size)
         self.grid = grid_size(self.img_size, patch_size)
