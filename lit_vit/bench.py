@@ -367,7 +367,8 @@ def bench_data(parser: ArgumentParser, cfg: Namespace) -> dict:
     for workers in cfg.workers:
         run = cfg.clone()
         set_init_arg(run.data, "num_workers", workers, "--workers")
-        set_init_arg(run.data, "persistent_workers", False, "--workers")
+        if "persistent_workers" in run.data.init_args:  # the workers end with each count's loader
+            run.data.init_args.persistent_workers = False
         if cfg.data_batch_size is not None:
             set_init_arg(run.data, "batch_size", cfg.data_batch_size, "--data-batch-size")
         dm = instantiate(parser, run, "data")

@@ -139,6 +139,11 @@ def test_no_save_appends_nothing(tmp_path):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--device", "cuda:0"], "CUDA is not available"),
         (["--config", "missing.yaml"], "no such file"),
+        # the embedded digits have no image folder for the generated JPEGs
+        (
+            ["--config", "experiments/quickstart.yaml", "--mode", "data", "--jpeg-tree", "4"],
+            "DigitsDataModule has no root",
+        ),
     ],
 )
 def test_bad_input_is_a_config_error(argv, message):
