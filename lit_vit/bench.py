@@ -524,7 +524,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
 EXAMPLES = """\
 examples:
   python -m lit_vit bench
-      lit_vit's ViT-Ti/16 (224 px, batch 4) against timm: about a minute on 2 idle CPU cores
+      lit_vit's ViT-Ti/16 (224 px, batch 4) against timm: 20 s on 2 CPU cores, a minute or more when they are busy
   python -m lit_vit bench --backbone.variant B --batch-size 32 --warmup 3 --repeats 10
       the full ViT-B/16 comparison (about 14 min on 2 CPU cores; add --device cuda --precision bf16-mixed on a GPU)
   python -m lit_vit bench --backbone.variant Ti --backbone.img_size 32 --backbone.patch_size 4 \\
