@@ -21,6 +21,7 @@ def records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_bench_vit_writes_a_record_with_timm_comparison_and_mfu(tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     argv = [*TINY, "--backbone.num_classes", "10", *FAST, "--peak-tflops", "0.5", "--output", str(out)]

@@ -45,6 +45,7 @@ def test_augmentation_repeats_for_a_seed_and_differs_between_epochs():
     assert not torch.equal(first_batch(0, 0), first_batch(1, 0))
 
 
+@pytest.mark.slow
 def test_augmentation_does_not_depend_on_the_number_of_workers():
     def batches(workers):
         dm = DigitsDataModule(num_workers=workers, persistent_workers=False, batch_size=64)

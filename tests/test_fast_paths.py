@@ -238,11 +238,13 @@ def syncs_in_training(steps: int, callbacks=()) -> int:
     return counter.count
 
 
+@pytest.mark.slow
 def test_training_steps_make_no_host_syncs_with_the_progress_bar_on():
     """Logging, metrics, the progress bar and the (fused) AdamW step add no tensor -> Python conversion per step."""
     assert syncs_in_training(6) - syncs_in_training(3) == 0
 
 
+@pytest.mark.slow
 def test_throughput_logger_syncs_only_at_logging_steps():
     assert syncs_in_training(6, [ThroughputLogger()]) - syncs_in_training(3, [ThroughputLogger()]) == 0
 
@@ -250,6 +252,7 @@ def test_throughput_logger_syncs_only_at_logging_steps():
 # --- FLOPs and peaks for MFU -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flop_count_of_vit_ti_matches_timm_reference_gmacs():
     """ViT-Ti/16 at 224: 1.26 GMACs (timm), i.e. 2.52 GFLOPs forward; a training step about 3x that."""
     torch.manual_seed(0)

@@ -70,6 +70,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 # the big two run at 128 px (same weights, a smaller token grid) to keep the test fast on a CPU
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "timm_name, size",
     [
@@ -143,6 +144,7 @@ def test_weights_of_224_loaded_at_384_equal_timm_resampling(tmp_path):
         torch.testing.assert_close(ours(x), ref384(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_timm_384_name_builds_the_384_model_and_equals_timm(tmp_path):
     ref = randomise(timm.create_model("vit_small_r26_s32_384", pretrained=False, num_classes=10)).eval()
     torch.save(ref.state_dict(), tmp_path / "timm.pth")

@@ -178,6 +178,7 @@ def test_pretraining_losses_decrease(scenes, monkeypatch):
         assert h[-1][name] < h[0][name] - 0.2, (name, h[0][name], h[-1][name])
 
 
+@pytest.mark.slow
 def test_retrieval_and_vqa_losses_decrease(monkeypatch):
     torch.manual_seed(0)
     dm = SceneDataModule(num_train=32, num_val=8, batch_size=16)
