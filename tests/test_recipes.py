@@ -365,6 +365,7 @@ def test_resuming_an_ema_run_without_the_ema_callback_is_refused(tmp_path, capsy
     assert "trained with an EMA callback" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_policy_augmentation_does_not_depend_on_workers_and_leaves_validation_alone():
     policy = AugmentPolicy(color_jitter=0.4, erasing_prob=0.5)
 
