@@ -536,9 +536,16 @@ examples:
 """
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="python -m lit_vit bench",
+class BenchParser(ArgumentParser):
+    """jsonargparse's parser, named `python -m lit_vit bench` also in the parsers that jsonargparse makes from it for
+    --backbone.help / --data.help (as `type(parser)(...)`), whose usage lines would name __main__.py otherwise."""
+
+    def __init__(self, *args: Any, prog: str = "python -m lit_vit bench", **kwargs: Any) -> None:
+        super().__init__(*args, prog=prog, **kwargs)
+
+
+def build_parser() -> BenchParser:
+    p = BenchParser(
         description=__doc__.split("\n\n")[0],
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,

@@ -40,14 +40,20 @@ def test_lightning_subcommand_usage_names_python_m_lit_vit():
     assert help_text("fit").startswith("usage: python -m lit_vit [options] fit ")
 
 
-@pytest.mark.parametrize("command", list(EXTRA_COMMANDS))
-def test_extra_subcommand_usage_names_python_m_lit_vit(command, capsys):
+@pytest.mark.parametrize(
+    "argv",
+    [["bench", "--help"], ["plot", "--help"], ["bench", "--backbone.help", "lit_vit.models.VisionTransformer"]],
+    ids=["bench", "plot", "bench-backbone-help"],
+)
+def test_extra_subcommand_usage_names_python_m_lit_vit(argv, capsys):
     # their parsers name their prog themselves (no sys.argv[0] involved), so this runs in-process
     with pytest.raises(SystemExit) as exc:
-        main([command, "--help"])
+        main(argv)
     text = capsys.readouterr().out
-    assert exc.value.code == 0 and text.startswith(f"usage: python -m lit_vit {command} ")
-    if command == "bench":
+    assert exc.value.code == 0 and text.startswith(f"usage: python -m lit_vit {argv[0]} ")
+    if argv == ["bench", "--help"]:
         # the full ViT-B/16 comparison is one documented command away from the small default
         assert "--backbone.variant B --batch-size 32" in text and "ViT-Ti/16" in text
         assert "~/.cache/lit_vit/bench.jsonl" in text
+    if "--backbone.help" in argv:  # the options come from VisionTransformer's own signature
+        assert "--backbone.variant" in text and "--backbone.pos_embed" in text
