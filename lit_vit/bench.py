@@ -49,6 +49,7 @@ import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from torch import nn
 
+from lit_vit.cli_parser import OneLineErrors
 from lit_vit.errors import ConfigError
 from lit_vit.perf import count_flops, peak_flops, synchronize
 
@@ -536,8 +537,9 @@ examples:
 """
 
 
-class BenchParser(ArgumentParser):
-    """jsonargparse's parser, named `python -m lit_vit bench` also in the parsers that jsonargparse makes from it for
+class BenchParser(OneLineErrors, ArgumentParser):
+    """jsonargparse's parser with one-line errors, named `python -m lit_vit bench` also in the parsers that
+    jsonargparse makes from it for
     --backbone.help / --data.help (as `type(parser)(...)`), whose usage lines would name __main__.py otherwise."""
 
     def __init__(self, *args: Any, prog: str = "python -m lit_vit bench", **kwargs: Any) -> None:

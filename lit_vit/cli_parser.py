@@ -3,7 +3,7 @@ what it got, instead of the usage text and a nested report of every type tried."
 
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -43,11 +43,20 @@ def condense(message: str) -> str:
     return f"--{key}: {expected}; got {got!r} (see --help)" if key else f"{expected}; got {got!r} (see --help)"
 
 
-class LitViTParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one line on stderr, exit status 2 (argparse's `error` override)."""
+class OneLineErrors:
+    """Mixin for a jsonargparse parser: its errors are one `error:` line on stderr, exit status 2 (an override of
+    argparse's public `error`); with exit_on_error=False it raises as jsonargparse does."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
         print(f"error: {condense(str(message))}", file=sys.stderr)
         sys.exit(2)
+
+
+class LitViTParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser with one-line errors, named `python -m lit_vit` also in the parsers jsonargparse makes
+    from it as `type(parser)(...)` (--model.help CLASS), whose usage lines would name __main__.py otherwise."""
+
+    def __init__(self, *args: Any, prog: str = "python -m lit_vit", **kwargs: Any) -> None:
+        super().__init__(*args, prog=prog, **kwargs)
