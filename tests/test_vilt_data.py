@@ -150,8 +150,8 @@ def test_coco_captions_loader(tmp_path):
                                 num_workers=0, vocab_size=60)  # fmt: skip
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 6 and len(dm.datasets["val"]) == 4
-    images, idx, texts = dm.records("train")
-    assert images.paths[0].endswith("train2017/000000000009.jpg") and texts[1] == [
+    rec = dm.records("train")
+    assert rec.images.paths[0].endswith("train2017/000000000009.jpg") and rec.captions[1] == [
         "A photo number 25 variant 0.",
         "A photo number 25 variant 1.",
     ]
@@ -188,7 +188,7 @@ def test_karpathy_loader_trains_on_train_and_restval(tmp_path, name):
     assert len(dm.datasets["train"]) == 4  # 2 images (train + restval) x 2 captions
     assert len(dm.datasets["val"]) == 2 and len(dm.datasets["test"]) == 4
     expected_dir = "val2014" if name == "coco" else "flickr30k-images"
-    assert dm.records("train")[0].paths == [str(root / expected_dir / "0.jpg"), str(root / expected_dir / "1.jpg")]
+    assert dm.records("train").images.paths == [str(root / expected_dir / "0.jpg"), str(root / expected_dir / "1.jpg")]
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 40, 32)  # portrait 40x30 -> 42.7x32, floored to the patch: 40x32
     assert batch["text_ids"].shape[0] == 4

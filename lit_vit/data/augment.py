@@ -1,7 +1,7 @@
 """DeiT-style per-image augmentation on top of the crop and flip: RandAugment / TrivialAugmentWide / AutoAugment,
 colour jitter and random erasing, from torchvision.transforms.v2.
 
-albumentations 2.0 (the last MIT release, see REFERENCE.md) has no RandAugment, so one training pipeline uses two
+albumentations 2.0 (the last MIT-licensed release) has no RandAugment, so one training pipeline uses two
 libraries: albumentations does the geometry (crop, resize, flip) on the HWC uint8 array as before, torchvision.v2
 then does the policy and the colour ops on the CHW uint8 tensor, converts to float, normalises, and erases last
 (erasing fills with values of the normalised image). Both halves are seeded from the sample's seed

@@ -7,7 +7,6 @@ a config never states the number of classes twice.
 import tarfile
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,16 +14,18 @@ from torch.utils.data import DataLoader
 
 from lit_vit.data.augment import AugmentPolicy, as_policy, build_train_transform
 from lit_vit.data.datasets import ArrayDataset, ClassificationDataset, FileDataset, list_images, load_pickle_batch
-from lit_vit.data.sampling import ResumableDataLoader, SeededSampler
+from lit_vit.data.sampling import ResumableDataModule
 from lit_vit.data.transforms import eval_transform, train_transform
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import to_2tuple
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableDataModule):
     """Shared loading, augmentation and sampling; subclasses describe where images come from.
+
+    A subclass's constructor takes its own options (and those whose default it changes), and passes the rest on as
+    `**kwargs` to this one, by keyword: its `--data.help` lists all of them, documented here.
 
     Args:
         root: dataset root folder.
@@ -76,7 +77,7 @@ class ImageDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         self.root = Path(root)
-        self.img_size = to_2tuple(img_size)
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
         self.batch_size = batch_size
@@ -153,49 +154,17 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
-    # Mid-epoch resume. Lightning builds the train loader before it restores the loops, and it restores the
-    # DataModule state before both, so the position inside the interrupted epoch travels in this state.
-    def state_dict(self) -> dict[str, int]:
-        trainer = self.trainer
-        if trainer is None or not trainer.state.fn == "fit":
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if done >= trainer.num_training_batches:  # the epoch is complete: the resumed run starts the next one
-            done = 0
-        return {"epoch": trainer.current_epoch, "batches_done": done, "seed": self.seed}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        if state_dict and state_dict.get("seed") != self.seed:
-            raise ConfigError(
-                f"the checkpoint was trained with data seed {state_dict.get('seed')} but data.seed is {self.seed}; "
-                "resume with the same seed (or start a new run)"
-            )
-        self._resume = state_dict if state_dict.get("batches_done") else None
-
     def train_dataloader(self) -> DataLoader:
-        sampler = SeededSampler(self.datasets["train"], shuffle=True, seed=self.seed)
-        resume, self._resume = getattr(self, "_resume", None), None
-        if resume:
-            sampler.set_epoch(resume["epoch"])
-            sampler.skip_once(resume["batches_done"] * self.batch_size)
-        return ResumableDataLoader(
-            self.datasets["train"], batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
-        )
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        sampler = SeededSampler(self.datasets[split], shuffle=False, seed=self.seed, with_seeds=False)
-        return DataLoader(
-            self.datasets[split], batch_size=self.eval_batch_size, sampler=sampler, **self._loader_kwargs()
-        )
+        return self.train_loader(self.datasets["train"], **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_loader(self.datasets["val"], **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_loader(self.datasets["test"], **self._loader_kwargs())
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict")
+        return self.eval_loader(self.datasets["predict"], **self._loader_kwargs())
 
 
 class DigitsDataModule(ImageDataModule):
@@ -212,38 +181,18 @@ class DigitsDataModule(ImageDataModule):
         self,
         img_size: int | tuple[int, int] = 16,
         batch_size: int = 32,
-        eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
         augment: str = "pad_crop",
         hflip: bool = False,
         rrc_scale: tuple[float, float] = (0.6, 1.0),
         pad: int = 1,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        seed: int = 0,
-        predict_path: str | list[str] | None = None,
-        augment_policy: AugmentPolicy | None = None,
+        **kwargs,
     ) -> None:
+        # no files (no root) and no eval crop (crop_pct: pad_crop never rescales): neither is an option here
         super().__init__(
-            root="",
-            img_size=img_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            augment=augment,
-            hflip=hflip,
-            rrc_scale=rrc_scale,
-            pad=pad,
-            mean=mean,
-            std=std,
-            seed=seed,
-            predict_path=predict_path,
-            augment_policy=augment_policy,
-        )
+            root="", crop_pct=None, img_size=img_size, batch_size=batch_size, num_workers=num_workers,
+            augment=augment, hflip=hflip, rrc_scale=rrc_scale, pad=pad, **kwargs,
+        )  # fmt: skip
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
@@ -330,32 +279,15 @@ class CIFARDataModule(ImageDataModule):
     def __init__(
         self,
         name: str = "cifar10",
-        root: str = "data",
         val_size: int = 5000,
         download: bool = True,
         img_size: int | tuple[int, int] = 32,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
         augment: str = "pad_crop",
-        hflip: bool = True,
-        rrc_scale: tuple[float, float] = (0.08, 1.0),
-        pad: int = 4,
-        crop_pct: float | None = None,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        seed: int = 0,
-        predict_path: str | list[str] | None = None,
-        augment_policy: AugmentPolicy | None = None,
+        **kwargs,
     ) -> None:
         if name not in CIFAR_LAYOUT:
             raise ConfigError(f"unknown CIFAR dataset {name!r}; choose one of {', '.join(CIFAR_LAYOUT)}")
-        super().__init__(
-            root, img_size, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, augment, hflip,
-            rrc_scale, pad, crop_pct, mean, std, seed, predict_path, augment_policy,
-        )  # fmt: skip
+        super().__init__(img_size=img_size, augment=augment, **kwargs)
         self.name, self.val_size, self.download = name, val_size, download
         self.layout = CIFAR_LAYOUT[name]
         self.default_mean, self.default_std = self.layout["mean"], self.layout["std"]
@@ -438,27 +370,9 @@ class ImageFolderDataModule(ImageDataModule):
         test_dir: str = "test",
         channels: int = 3,
         on_bad_image: str = "error",
-        img_size: int | tuple[int, int] = 224,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        augment: str = "rrc",
-        hflip: bool = True,
-        rrc_scale: tuple[float, float] = (0.08, 1.0),
-        pad: int = 4,
-        crop_pct: float | None = None,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        seed: int = 0,
-        predict_path: str | list[str] | None = None,
-        augment_policy: AugmentPolicy | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root, img_size, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, augment, hflip,
-            rrc_scale, pad, crop_pct, mean, std, seed, predict_path, augment_policy,
-        )  # fmt: skip
+        super().__init__(root=root, **kwargs)
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         if on_bad_image not in ("error", "skip"):
@@ -466,7 +380,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.on_bad_image = on_bad_image
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels = channels
-        if channels == 1 and mean is None:
+        if channels == 1 and self.mean is None:
             self.default_mean, self.default_std = (0.5,), (0.5,)
         self._class_names: list[str] | None = None
 

@@ -4,16 +4,17 @@ Sources: generated scenes of coloured shapes (the embedded default: no network, 
 annotations, the Karpathy split JSON (COCO / Flickr30k), VQAv2 question + annotation files. Every image is resized by
 the ViLT rule (shorter side `image_size`, longer side at most 5/3 of it, both multiples of the patch size) and a
 batch pads images to a common size with a pixel mask. Texts are tokenized in the collate function, so the tokenizer
-can be set by the model (a pre-trained vocabulary) after the data is set up.
+can follow the model's vocabulary (a pre-trained or resumed model) after the data is set up.
 """
 
 import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -21,12 +22,13 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
 from lit_vit.data.datasets import read_image
-from lit_vit.data.sampling import ResumableDataLoader, SeededSampler
+from lit_vit.data.sampling import ResumableDataModule
 from lit_vit.data.tokenizer import TextTokenizer
 from lit_vit.data.transforms import A, ToTensorV2, cv2
 from lit_vit.errors import BadImageError, ConfigError
 
 AUGMENT_KINDS = ("none", "affine")
+EVAL_PROTOCOLS = ("pairs", "retrieval")
 
 
 def vilt_resize_shape(h: int, w: int, shorter: int, longer: int, patch: int) -> tuple[int, int]:
@@ -181,6 +183,38 @@ class Scenes:
         ]
 
 
+# --- what a split holds ---------------------------------------------------------------------------------------
+class ImageSource(Protocol):
+    """The images of a split (`ImageFiles`, `Scenes`): `load(k)` is image k as HWC uint8 RGB, None if skipped."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> np.ndarray | None: ...
+
+
+class Question(NamedTuple):
+    """One VQA question: the index of its image in the split's source, the text, and the annotators' answers."""
+
+    image: int
+    text: str
+    answers: list[str]
+
+
+@dataclass(frozen=True)
+class SplitRecords:
+    """What `ImageTextDataModule.records(split)` returns: the split's images and their texts.
+
+    Attributes:
+        images: the image source.
+        captions: caption tasks: `captions[k]` are the captions of image k.
+        questions: VQA: every question of the split, in file order.
+    """
+
+    images: ImageSource
+    captions: list[list[str]] = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)
+
+
 # --- datasets --------------------------------------------------------------------------------------------------
 class PairDataset(Dataset):
     """(image, text) pairs: item -> dict(image, text, image_index[, targets]); None when a corrupt image is skipped.
@@ -190,7 +224,7 @@ class PairDataset(Dataset):
 
     def __init__(
         self,
-        images,
+        images: ImageSource,
         pairs: Sequence[tuple[int, str]],
         transform: ImageTextTransform,
         targets: Sequence[list[tuple[int, float]]] | None = None,
@@ -213,15 +247,22 @@ class PairDataset(Dataset):
 
 
 class RetrievalGridDataset(Dataset):
-    """Every (image, text) combination of an evaluation split, image-major: item k = (k // T, k % T)."""
+    """Every (image, text) combination of an evaluation split, image-major: item k = (k // T, k % T).
 
-    def __init__(self, images, image_indices: Sequence[int], texts: Sequence[str], transform) -> None:
-        self.images, self.image_indices, self.texts, self.transform = (
-            images,
-            list(image_indices),
-            list(texts),
-            transform,
-        )
+    `text_image[j]` is the row (position in `image_indices`) of the image that text j describes.
+    """
+
+    def __init__(
+        self,
+        images: ImageSource,
+        image_indices: Sequence[int],
+        texts: Sequence[str],
+        text_image: Sequence[int],
+        transform: ImageTextTransform,
+    ) -> None:
+        self.images, self.transform = images, transform
+        self.image_indices, self.texts = list(image_indices), list(texts)
+        self.text_image = torch.tensor(list(text_image))  # text j describes image text_image[j] (a grid row)
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -285,11 +326,20 @@ def normalize_answer(answer: str) -> str:
 
 
 # --- the DataModules -------------------------------------------------------------------------------------------
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(ResumableDataModule):
     """Shared machinery: ViLT resize, padding, tokenizer, loaders. Subclasses say where images and texts come from.
 
-    A subclass implements `records(split)` returning (image source, list of image indices, list of texts per image)
-    for captions, or (image source, list of (image index, question, answers)) for VQA (`task = "vqa"`).
+    A subclass implements `records(split)` returning the split's `SplitRecords` (captions, or questions when
+    `task = "vqa"`). Its constructor takes its own options (and those whose default it changes) and passes the rest
+    on as `**kwargs` to this one, by keyword: its `--data.help` lists all of them, documented here.
+
+    The ViLT modules (lit_vit.modules.vilt) use the data through these members only:
+        tokenizer, max_text_len, answers: read. This DataModule owns the tokenizer and is the only side that builds
+            one: from vocab_file, trained on the training texts, or from the vocabulary a model hands in.
+        use_vocab(vocab): a model that brings its vocabulary (pre-trained, resumed) hands it in.
+        set_eval_protocol(protocol): what the validation / test loaders yield, "pairs" (the split's pairs) or
+            "retrieval" (every image x text of the split); the module sets it in its setup.
+        retrieval_dataset(split): the grid of a retrieval evaluation, with the image of every text (`text_image`).
 
     Args:
         root: dataset root folder.
@@ -352,12 +402,14 @@ class ImageTextDataModule(L.LightningDataModule):
         if vocab_file is not None:
             self.tokenizer = TextTokenizer.from_file(vocab_file, max_text_len)  # fails early on a missing file
         self.answers: list[str] = []
+        self.eval_protocol = "pairs"
         self.datasets: dict[str, Dataset] = {}
         self._train_texts: list[str] = []
         self._reported_truncation = False
 
     # --- what subclasses provide ---------------------------------------------------------------------------------
-    def records(self, split: str):
+    def records(self, split: str) -> SplitRecords:
+        """The images and texts of one split ('train', 'val' or 'test')."""
         raise NotImplementedError
 
     # --- shared machinery ----------------------------------------------------------------------------------------
@@ -366,10 +418,36 @@ class ImageTextDataModule(L.LightningDataModule):
             self.image_size, self.max_image_size, self.patch_size, self.augment if train else "none"
         )
 
-    def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
-        """Use the model's vocabulary (a pre-trained or resumed model brings its own)."""
-        self.tokenizer = tokenizer
+    # --- the interface of the ViLT modules ------------------------------------------------------------------------
+    def use_vocab(self, vocab: Sequence[str]) -> None:
+        """Tokenize with the model's vocabulary (a pre-trained or resumed model brings its own)."""
+        if self.tokenizer is not None and self.tokenizer.vocab == list(vocab):
+            return
+        if self.vocab_file is not None:
+            raise ConfigError(
+                f"data.vocab_file {self.vocab_file} differs from the vocabulary stored with the model; "
+                "leave vocab_file unset (the model brings its own) or use the model's vocab.txt"
+            )
+        self.tokenizer = TextTokenizer(vocab, self.max_text_len)
         self._reported_truncation = False
+
+    def set_eval_protocol(self, protocol: str) -> None:
+        """What the validation / test loaders yield: the split's (image, text) pairs, or its retrieval grid."""
+        if protocol not in EVAL_PROTOCOLS:
+            raise ConfigError(f"unknown eval protocol {protocol!r}; choose one of {', '.join(EVAL_PROTOCOLS)}")
+        self.eval_protocol = protocol
+
+    def retrieval_dataset(self, split: str) -> RetrievalGridDataset:
+        """Every (image, caption) pair of an evaluation split's first `eval_max_images` images (built once)."""
+        key = f"{split}_grid"
+        if key not in self.datasets:
+            rec = self.records(split)
+            n = len(rec.captions) if self.eval_max_images is None else min(self.eval_max_images, len(rec.captions))
+            flat = [(i, t) for i, ts in enumerate(rec.captions[:n]) for t in ts]
+            self.datasets[key] = RetrievalGridDataset(
+                rec.images, range(n), [t for _, t in flat], [i for i, _ in flat], self.transform(False)
+            )
+        return self.datasets[key]
 
     def setup(self, stage: str) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
@@ -391,8 +469,8 @@ class ImageTextDataModule(L.LightningDataModule):
     def _texts_of(self, split: str) -> list[str]:
         rec = self.records(split)
         if self.task == "vqa":
-            return [q for _, q, _ in rec[1]]
-        return [t for texts in rec[2] for t in texts]
+            return [q.text for q in rec.questions]
+        return [t for texts in rec.captions for t in texts]
 
     @staticmethod
     def _check_texts(texts: Sequence[str], what: str, where: Callable[[int], str]) -> None:
@@ -403,8 +481,8 @@ class ImageTextDataModule(L.LightningDataModule):
             )
 
     def _build_answers(self) -> None:
-        _, questions = self.records("train")
-        counts = Counter(normalize_answer(a) for _, _, answers in questions for a in answers)
+        questions = self.records("train").questions
+        counts = Counter(normalize_answer(a) for q in questions for a in q.answers)
         self.answers = sorted(a for a, c in counts.items() if c >= self.min_answer_count)
         if not self.answers:
             raise ConfigError(
@@ -413,33 +491,23 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _build(self, split: str) -> Dataset:
         train = split == "train"
+        rec = self.records(split)
         if self.task == "vqa":
-            images, questions = self.records(split)
-            self._check_texts([q for _, q, _ in questions], "questions", lambda i: f"question {i}")
+            self._check_texts([q.text for q in rec.questions], "questions", lambda i: f"question {i}")
             label = {a: i for i, a in enumerate(self.answers)}
             targets = []
-            for _, _, answers in questions:
-                votes = Counter(normalize_answer(a) for a in answers)
+            for q in rec.questions:
+                votes = Counter(normalize_answer(a) for a in q.answers)
                 targets.append([(label[a], vqa_score(c)) for a, c in votes.items() if a in label])
-            pairs = [(img, q) for img, q, _ in questions]
+            pairs = [(q.image, q.text) for q in rec.questions]
             if train:
                 self._train_texts = [q for _, q in pairs]
-            return PairDataset(images, pairs, self.transform(train), targets)
-        images, image_indices, texts = self.records(split)
-        flat = [(img, t) for img, ts in zip(image_indices, texts) for t in ts]
+            return PairDataset(rec.images, pairs, self.transform(train), targets)
+        flat = [(img, t) for img, ts in enumerate(rec.captions) for t in ts]
         self._check_texts([t for _, t in flat], "captions", lambda i: f"the caption of image {flat[i][0]}")
         if train:
             self._train_texts = [t for _, t in flat]
-        return PairDataset(images, flat, self.transform(train))
-
-    def retrieval_dataset(self, split: str) -> RetrievalGridDataset:
-        """All (image, caption) pairs of an evaluation split, and the image of each caption (`text_image`)."""
-        images, image_indices, texts = self.records(split)
-        n = len(image_indices) if self.eval_max_images is None else min(self.eval_max_images, len(image_indices))
-        flat = [(i, t) for i, ts in enumerate(texts[:n]) for t in ts]
-        grid = RetrievalGridDataset(images, image_indices[:n], [t for _, t in flat], self.transform(False))
-        grid.text_image = torch.tensor([i for i, _ in flat])
-        return grid
+        return PairDataset(rec.images, flat, self.transform(train))
 
     def _report_truncation(self) -> None:
         if self._reported_truncation or not self._train_texts:
@@ -465,26 +533,11 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._report_truncation()
-        dataset = self.datasets["train"]
-        sampler = SeededSampler(dataset, shuffle=True, seed=self.seed)
-        fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is not None and fit_loop.restarting:
-            sampler.skip_once(fit_loop.epoch_loop.batch_progress.current.completed * self.batch_size)
-        return ResumableDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **self._loader_kwargs()
-        )
+        return self.train_loader(self.datasets["train"], **self._loader_kwargs())
 
     def _eval_loader(self, split: str) -> DataLoader:
-        protocol = getattr(getattr(self.trainer, "lightning_module", None), "eval_protocol", "pairs")
-        if protocol == "retrieval":
-            key = f"{split}_grid"
-            if key not in self.datasets:
-                self.datasets[key] = self.retrieval_dataset(split)
-            dataset = self.datasets[key]
-        else:
-            dataset = self.datasets[split]
-        sampler = SeededSampler(dataset, shuffle=False, seed=self.seed, with_seeds=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **self._loader_kwargs())
+        dataset = self.retrieval_dataset(split) if self.eval_protocol == "retrieval" else self.datasets[split]
+        return self.eval_loader(dataset, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -497,29 +550,17 @@ class SceneDataModule(ImageTextDataModule):
     """The embedded default: generated scenes of two coloured shapes with captions or questions (no files).
 
     Captions name both objects' colours and shapes and their spatial relation ("a red circle to the left of a blue
-    square"), two per scene; in `vqa` mode every scene has four questions (colour, shape, relation, yes / no).
+    square"), two per scene; in `vqa` mode every scene has four questions (colour, shape, relation, yes / no). The
+    scenes themselves are fixed (a seed per split); `seed` sets the training order and the augmentations.
 
     Args:
         task: captions (pre-training, retrieval) or vqa.
         num_train: training scenes.
         num_val: validation scenes (held out: another seed).
         num_test: test scenes.
-        image_size: shorter image side after resizing.
-        max_image_size: cap of the longer side (default 5/3 of image_size).
-        patch_size: the model's patch size.
-        max_text_len: text tokens incl. [CLS] / [SEP].
-        vocab_file: a BERT vocab.txt (default: train a vocabulary on the captions).
-        vocab_size: upper bound of a trained vocabulary.
-        batch_size: training batch size.
-        eval_batch_size: validation / test batch size (default: batch_size).
-        num_workers: DataLoader worker processes.
-        augment: none or affine.
-        eval_max_images: retrieval evaluation on the first N scenes (default: all).
-        seed: seed of the training order and augmentations (the scenes themselves are fixed).
     """
 
     SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
-    min_answer_count = 1
 
     def __init__(
         self,
@@ -528,35 +569,20 @@ class SceneDataModule(ImageTextDataModule):
         num_val: int = 200,
         num_test: int = 200,
         image_size: int = 32,
-        max_image_size: int | None = None,
         patch_size: int = 8,
         max_text_len: int = 16,
-        vocab_file: str | None = None,
         vocab_size: int = 200,
         batch_size: int = 64,
-        eval_batch_size: int | None = None,
         num_workers: int = 0,
-        augment: str = "none",
-        eval_max_images: int | None = None,
-        seed: int = 0,
+        **kwargs,
     ) -> None:
         if task not in ("captions", "vqa"):
             raise ConfigError(f"unknown task {task!r}; choose captions or vqa")
+        # generated in memory: no files (no root) and no corrupt images (no skip_corrupt_images)
         super().__init__(
-            root="",
-            image_size=image_size,
-            max_image_size=max_image_size,
-            patch_size=patch_size,
-            max_text_len=max_text_len,
-            vocab_file=vocab_file,
-            vocab_size=vocab_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            augment=augment,
-            eval_max_images=eval_max_images,
-            seed=seed,
-        )
+            root="", skip_corrupt_images=False, image_size=image_size, patch_size=patch_size,
+            max_text_len=max_text_len, vocab_size=vocab_size, batch_size=batch_size, num_workers=num_workers, **kwargs,
+        )  # fmt: skip
         self.task = task
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
@@ -565,12 +591,13 @@ class SceneDataModule(ImageTextDataModule):
         scenes = Scenes(self.sizes["train"], self.SPLIT_SEEDS["train"])
         return [t for i in range(len(scenes)) for t in [*scenes.captions(i), *(q for q, _ in scenes.questions(i))]]
 
-    def records(self, split: str):
+    def records(self, split: str) -> SplitRecords:
         scenes = Scenes(self.sizes[split], self.SPLIT_SEEDS[split])
         if self.task == "vqa":
             # ten agreeing "annotators", as in VQAv2: the true answer scores 1.0
-            return scenes, [(i, q, [a] * 10) for i in range(len(scenes)) for q, a in scenes.questions(i)]
-        return scenes, list(range(len(scenes))), [scenes.captions(i) for i in range(len(scenes))]
+            questions = [Question(i, q, [a] * 10) for i in range(len(scenes)) for q, a in scenes.questions(i)]
+            return SplitRecords(scenes, questions=questions)
+        return SplitRecords(scenes, captions=[scenes.captions(i) for i in range(len(scenes))])
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -588,47 +615,14 @@ class CocoCaptionsDataModule(ImageTextDataModule):
     Args:
         root: folder holding annotations/ and the image folders (default data/coco).
         year: annotation year (2017 or 2014).
-        image_size: shorter image side after resizing.
-        max_image_size: cap of the longer side (default 5/3 of image_size).
-        patch_size: the model's patch size.
-        max_text_len: text tokens incl. [CLS] / [SEP].
-        vocab_file: a BERT vocab.txt (default: train a vocabulary on the training captions).
-        vocab_size: size of a trained vocabulary.
-        batch_size: per-device training batch size.
-        eval_batch_size: validation / test batch size (default: batch_size).
-        num_workers: DataLoader worker processes.
-        augment: none or affine.
-        eval_max_images: retrieval evaluation on the first N images (default: all).
-        skip_corrupt_images: skip unreadable images with a warning instead of failing.
-        seed: seed of the training order and augmentations.
     """
 
-    def __init__(
-        self,
-        root: str = "data/coco",
-        year: int = 2017,
-        image_size: int = 384,
-        max_image_size: int | None = None,
-        patch_size: int = 32,
-        max_text_len: int = 40,
-        vocab_file: str | None = None,
-        vocab_size: int = 8000,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        augment: str = "none",
-        eval_max_images: int | None = None,
-        skip_corrupt_images: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            root, image_size, max_image_size, patch_size, max_text_len, vocab_file, vocab_size, batch_size,
-            eval_batch_size, num_workers, augment, eval_max_images, skip_corrupt_images, seed,
-        )  # fmt: skip
+    def __init__(self, root: str = "data/coco", year: int = 2017, **kwargs) -> None:
+        super().__init__(root=root, **kwargs)
         self.year = year
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, SplitRecords] = {}
 
-    def records(self, split: str):
+    def records(self, split: str) -> SplitRecords:
         part = "train" if split == "train" else "val"
         if part not in self._cache:
             path = self.root / "annotations" / f"captions_{part}{self.year}.json"
@@ -643,7 +637,7 @@ class CocoCaptionsDataModule(ImageTextDataModule):
             folder = self.root / f"{part}{self.year}"
             source = ImageFiles([folder / im["file_name"] for im in images], self.skip_corrupt_images)
             source.check_exist(str(path))
-            self._cache[part] = (source, list(range(len(images))), texts)
+            self._cache[part] = SplitRecords(source, captions=texts)
         return self._cache[part]
 
 
@@ -651,25 +645,13 @@ class KarpathyDataModule(ImageTextDataModule):
     """The Karpathy split JSON (dataset_coco.json / dataset_flickr30k.json): training uses train + restval.
 
     Image paths are <root>/<filepath>/<filename> for COCO and <root>/<image_dir>/<filename> for Flickr30k, whose
-    entries have no filepath.
+    entries have no filepath. The papers evaluate retrieval on 1,000 (Flickr30k, COCO 1K) or 5,000 (COCO 5K) test
+    images: `eval_max_images`.
 
     Args:
         root: dataset folder (data/coco or data/flickr30k).
         split_file: the Karpathy JSON, relative to root.
         image_dir: folder of the images for entries without a filepath (Flickr30k), relative to root.
-        image_size: shorter image side after resizing.
-        max_image_size: cap of the longer side (default 5/3 of image_size).
-        patch_size: the model's patch size.
-        max_text_len: text tokens incl. [CLS] / [SEP].
-        vocab_file: a BERT vocab.txt (default: train a vocabulary on the training captions).
-        vocab_size: size of a trained vocabulary.
-        batch_size: per-device training batch size.
-        eval_batch_size: validation / test batch size (default: batch_size).
-        num_workers: DataLoader worker processes.
-        augment: none or affine.
-        eval_max_images: retrieval evaluation on the first N images (default: all; 1000 / 5000 in the papers).
-        skip_corrupt_images: skip unreadable images with a warning instead of failing.
-        seed: seed of the training order and augmentations.
     """
 
     SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
@@ -679,29 +661,14 @@ class KarpathyDataModule(ImageTextDataModule):
         root: str = "data/flickr30k",
         split_file: str = "dataset_flickr30k.json",
         image_dir: str = "flickr30k-images",
-        image_size: int = 384,
-        max_image_size: int | None = None,
-        patch_size: int = 32,
-        max_text_len: int = 40,
-        vocab_file: str | None = None,
-        vocab_size: int = 8000,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        augment: str = "none",
-        eval_max_images: int | None = None,
-        skip_corrupt_images: bool = False,
-        seed: int = 0,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            root, image_size, max_image_size, patch_size, max_text_len, vocab_file, vocab_size, batch_size,
-            eval_batch_size, num_workers, augment, eval_max_images, skip_corrupt_images, seed,
-        )  # fmt: skip
+        super().__init__(root=root, **kwargs)
         self.split_file, self.image_dir = split_file, image_dir
         self._data: dict | None = None
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, SplitRecords] = {}
 
-    def records(self, split: str):
+    def records(self, split: str) -> SplitRecords:
         if split not in self._cache:
             if self._data is None:
                 self._data = _read_json(self.root / self.split_file, "Karpathy split file")
@@ -712,7 +679,7 @@ class KarpathyDataModule(ImageTextDataModule):
             source = ImageFiles(paths, self.skip_corrupt_images)
             source.check_exist(str(self.root / self.split_file))
             texts = [[s["raw"].strip() for s in im["sentences"]] for im in entries]
-            self._cache[split] = (source, list(range(len(entries))), texts)
+            self._cache[split] = SplitRecords(source, captions=texts)
         return self._cache[split]
 
 
@@ -727,47 +694,16 @@ class VQAv2DataModule(ImageTextDataModule):
     Args:
         root: dataset folder (default data/vqav2).
         min_answer_count: minimum number of training votes for an answer to become a class.
-        image_size: shorter image side after resizing.
-        max_image_size: cap of the longer side (default 5/3 of image_size).
-        patch_size: the model's patch size.
-        max_text_len: text tokens incl. [CLS] / [SEP].
-        vocab_file: a BERT vocab.txt (default: train a vocabulary on the training questions).
-        vocab_size: size of a trained vocabulary.
-        batch_size: per-device training batch size.
-        eval_batch_size: validation / test batch size (default: batch_size).
-        num_workers: DataLoader worker processes.
-        augment: none or affine.
-        skip_corrupt_images: skip unreadable images with a warning instead of failing.
-        seed: seed of the training order and augmentations.
     """
 
     task = "vqa"
 
-    def __init__(
-        self,
-        root: str = "data/vqav2",
-        min_answer_count: int = 9,
-        image_size: int = 384,
-        max_image_size: int | None = None,
-        patch_size: int = 32,
-        max_text_len: int = 40,
-        vocab_file: str | None = None,
-        vocab_size: int = 8000,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        augment: str = "none",
-        skip_corrupt_images: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            root, image_size, max_image_size, patch_size, max_text_len, vocab_file, vocab_size, batch_size,
-            eval_batch_size, num_workers, augment, None, skip_corrupt_images, seed,
-        )  # fmt: skip
+    def __init__(self, root: str = "data/vqav2", min_answer_count: int = 9, **kwargs) -> None:
+        super().__init__(root=root, eval_max_images=None, **kwargs)  # no retrieval: no eval_max_images option
         self.min_answer_count = min_answer_count
-        self._cache: dict[str, tuple] = {}
+        self._cache: dict[str, SplitRecords] = {}
 
-    def records(self, split: str):
+    def records(self, split: str) -> SplitRecords:
         part = "train" if split == "train" else "val"
         if part not in self._cache:
             qpath = self.root / f"v2_OpenEnded_mscoco_{part}2014_questions.json"
@@ -781,10 +717,10 @@ class VQAv2DataModule(ImageTextDataModule):
                 ann = annotations.get(q["question_id"])
                 if ann is None:
                     raise ConfigError(f"{apath} has no annotation for question_id {q['question_id']} of {qpath}")
-                records.append((position[q["image_id"]], q["question"], [a["answer"] for a in ann["answers"]]))
+                records.append(Question(position[q["image_id"]], q["question"], [a["answer"] for a in ann["answers"]]))
             folder = self.root / f"{part}2014"
             paths = [folder / f"COCO_{part}2014_{img:012d}.jpg" for img in image_ids]
             source = ImageFiles(paths, self.skip_corrupt_images)
             source.check_exist(str(qpath))
-            self._cache[part] = (source, records)
+            self._cache[part] = SplitRecords(source, questions=records)
         return self._cache[part]

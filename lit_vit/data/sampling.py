@@ -1,16 +1,19 @@
-"""Deterministic, resumable sampling.
+"""Deterministic, resumable sampling, and the one mid-epoch resume mechanism of every lit_vit DataModule.
 
 The order of an epoch is a function of (seed, epoch) and every sample's augmentation is seeded by
 (seed, epoch, index): runs repeat exactly, epochs differ, the number of workers does not matter, and a run resumed
-mid-epoch sees the rest of the same epoch.
+mid-epoch sees the rest of the same epoch (`ResumableDataModule`).
 """
 
 from collections.abc import Iterator
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lit_vit.errors import ConfigError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -48,7 +51,7 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader that declares its sampling state, so Lightning treats it as resumable mid-epoch.
 
     The order is a pure function of (seed, epoch) and the position inside the epoch is restored by the DataModule
-    (`ImageDataModule.load_state_dict`); Lightning stores this state in the checkpoint and, where it reloads loader
+    (`ResumableDataModule.load_state_dict`); Lightning stores this state in the checkpoint and, where it reloads loader
     states, this check refuses a resume on different data, which would silently change the order.
     """
 
@@ -63,3 +66,55 @@ class ResumableDataLoader(DataLoader):
                 f"seed {state_dict.get('seed')}, but the data module now has {len(self.dataset)} samples with seed "
                 f"{self.sampler.seed}; resume with the same data and seed, or start a new run"
             )
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """Base of the classification and image-text DataModules: seeded loaders and exact mid-epoch resume.
+
+    A subclass sets `seed`, `batch_size` and `eval_batch_size`, and builds its loaders with `train_loader` and
+    `eval_loader`. The position inside the epoch is saved with every checkpoint as this DataModule's state
+    (`{"epoch", "batches_done", "seed"}`, stored by Lightning under the class name). On resume Lightning restores it
+    before it builds the training loader, whose sampler then drops the `batches_done * batch_size` samples of the
+    interrupted epoch that were trained on: the resumed run sees exactly the batches an uninterrupted run sees.
+    """
+
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    _resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # Batches whose training step ran in this epoch. Lightning has no public API for the position inside the
+        # epoch; its loop progress counter is the only source. `processed` (not `completed`, which lags by one
+        # while the on_train_batch_end hooks run, where periodic checkpoints are saved) counts the trained batches.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # the epoch is complete: the resumed run starts the next one
+            done = 0
+        return {"epoch": trainer.current_epoch, "batches_done": done, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict and state_dict.get("seed") != self.seed:
+            raise ConfigError(
+                f"the checkpoint was trained with data seed {state_dict.get('seed')} but data.seed is {self.seed}; "
+                "resume with the same seed (or start a new run)"
+            )
+        self._resume = state_dict if state_dict.get("batches_done", 0) > 0 else None
+
+    def train_loader(self, dataset: Dataset, **loader_kwargs: Any) -> "ResumableDataLoader":
+        """The shuffled training loader (full batches only); the first one after a resume skips the trained part."""
+        sampler = SeededSampler(dataset, shuffle=True, seed=self.seed)
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            sampler.set_epoch(resume["epoch"])
+            sampler.skip_once(resume["batches_done"] * self.batch_size)
+        return ResumableDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **loader_kwargs
+        )
+
+    def eval_loader(self, dataset: Dataset, **loader_kwargs: Any) -> DataLoader:
+        """A loader in dataset order, sharded over processes, of `eval_batch_size`."""
+        sampler = SeededSampler(dataset, shuffle=False, seed=self.seed, with_seeds=False)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **loader_kwargs)

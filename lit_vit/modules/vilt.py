@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torchmetrics import MeanMetric
 
+from lit_vit.data.image_text import ImageTextDataModule
 from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
 from lit_vit.models.vilt import ViLT, wpa_distance
@@ -45,6 +46,11 @@ def retrieval_recall(scores: torch.Tensor, text_image: torch.Tensor, ks: tuple[i
 
 class ViltModule(L.LightningModule):
     """Shared glue: vocabulary handling, pre-trained weights, optimiser and schedule.
+
+    The data is an ImageTextDataModule, used only through its documented interface: the module keeps the
+    vocabulary (stored in checkpoints) and hands it to the data (`use_vocab`), the data owns and builds the
+    tokenizer; the module says what its evaluation needs (`set_eval_protocol(eval_protocol)`) and reads the
+    retrieval grid back (`retrieval_dataset`).
 
     Args:
         model: the ViLT network (class_path / init_args in YAML).
@@ -87,8 +93,9 @@ class ViltModule(L.LightningModule):
     # --- vocabulary, weights -------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "set_tokenizer"):
+        if not isinstance(dm, ImageTextDataModule):
             raise ConfigError("ViLT modules need an image-text DataModule (e.g. lit_vit.data.SceneDataModule)")
+        dm.set_eval_protocol(self.eval_protocol)
         if dm.max_text_len > self.model.max_text_len:
             raise ConfigError(
                 f"data.max_text_len {dm.max_text_len} exceeds the model's max_text_len {self.model.max_text_len}; "
@@ -100,12 +107,7 @@ class ViltModule(L.LightningModule):
         if self.vocab is None:
             self.vocab = meta.get("vilt_vocab")
         if self.vocab is not None:
-            if dm.vocab_file is not None and dm.tokenizer.vocab != self.vocab:
-                raise ConfigError(
-                    f"data.vocab_file {dm.vocab_file} differs from the vocabulary stored with the model; "
-                    "leave vocab_file unset (the model brings its own) or use the model's vocab.txt"
-                )
-            dm.set_tokenizer(TextTokenizer(self.vocab, dm.max_text_len))
+            dm.use_vocab(self.vocab)
         else:
             self.vocab = list(dm.tokenizer.vocab)
         self.tokenizer = dm.tokenizer
@@ -132,8 +134,9 @@ class ViltModule(L.LightningModule):
         self.vocab = list(vocab)
         self.model.resize_vocab(len(vocab))
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "set_tokenizer") and dm.tokenizer.vocab != self.vocab:
-            dm.set_tokenizer(TextTokenizer(self.vocab, dm.max_text_len))
+        if isinstance(dm, ImageTextDataModule):
+            dm.use_vocab(self.vocab)
+            self.tokenizer = dm.tokenizer
 
     def forward(self, batch: dict[str, torch.Tensor], text_ids: torch.Tensor | None = None) -> dict:
         ids = batch["text_ids"] if text_ids is None else text_ids
@@ -343,7 +346,7 @@ class ViltRetrieval(ViltModule):
             return
         rows = self.all_gather(torch.cat(self._scores)).reshape(-1, 3)
         self._scores = []
-        grid = self.trainer.datamodule.datasets[f"{stage}_grid"]
+        grid = self.trainer.datamodule.retrieval_dataset(stage)
         text_image = grid.text_image.to(rows.device)
         matrix = torch.full((len(grid.image_indices), len(grid.texts)), float("-inf"), device=rows.device)
         matrix[rows[:, 0].long(), rows[:, 1].long()] = rows[:, 2]
