@@ -21,13 +21,14 @@ import lightning as L
 import torch
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lit_vit import lightning_fixes  # noqa: F401 - patches a Lightning SIGTERM deadlock (see the module)
+from lit_vit import lightning_fixes  # patches a Lightning SIGTERM deadlock at import (see the module)
 from lit_vit.ablation.config import Ablation
-from lit_vit.callbacks import AtomicModelCheckpoint, LastCheckpoint, PredictionCSVWriter, RunLogger
+from lit_vit.callbacks import AtomicCheckpointIO, PredictionCSVWriter, RunLogger, run_checkpoints
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
 
@@ -195,6 +196,7 @@ class LitViTCLI(LightningCLI):
     """lit_vit's CLI; `callbacks` are added to the Trainer's (the ablation sweep passes its timing callback)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Callback] | None = None):
+        lightning_fixes.check_lightning_version()
         self.extra_callbacks = list(callbacks or [])
         super().__init__(
             model_class=L.LightningModule,
@@ -256,18 +258,21 @@ class LitViTCLI(LightningCLI):
     def run_dir(self) -> Path:
         return Path(self.config[self.config.subcommand].trainer.default_root_dir or "runs/default")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         # Resolve 'last' / 'best' (and the default best.ckpt of validate / test / predict), guard the run folder and
-        # read the checkpoint safely before Lightning merges its hyper-parameters into the config. That merge would
-        # silently replace the user's model options by the checkpoint's, so they are compared first: a difference is
-        # an error (RESUME_MAY_CHANGE excepted, and those keep the user's values).
+        # read the checkpoint safely before Lightning merges its hyper-parameters into the config (LightningCLI does
+        # that right after this hook). The merge would silently replace the user's model options by the checkpoint's,
+        # so they are compared first: a difference is an error (RESUME_MAY_CHANGE excepted, and those keep the user's
+        # values: put back in before_instantiate_classes).
+        super().parse_arguments(parser, args)
+        self.keep_on_resume: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
         if cfg is None or "ckpt_path" not in cfg or cfg.get("ablation") is not None:
-            return super()._parse_ckpt_path()
+            return
         cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
         if cfg.ckpt_path is None:
-            return super()._parse_ckpt_path()
+            return
         ckpt = read_checkpoint(Path(cfg.ckpt_path), self.run_dir)
         diffs = model_differences(cfg.model, dict(ckpt.get("hyper_parameters") or {}))
         del ckpt
@@ -279,13 +284,12 @@ class LitViTCLI(LightningCLI):
                 f"{more}. Use the run's own config (--config <run dir>/config.yaml), or start a new run in a new "
                 "folder without --ckpt_path (e.g. with --model.init_args.pretrained for the weights)"
             )
-        keep = {k: v for k, v in flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
-        super()._parse_ckpt_path()
-        for key, value in keep.items():
-            self.config[subcommand][key] = value
+        self.keep_on_resume = {k: v for k, v in flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        for key, value in self.keep_on_resume.items():  # see parse_arguments
+            cfg[key] = value
         threads = cfg.get("num_threads")
         if threads is not None:
             if threads < 1:
@@ -343,13 +347,12 @@ class LitViTCLI(LightningCLI):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
             monitor, mode = getattr(self.model, "monitor", ("val/acc1", "max"))
-            callbacks += [
-                AtomicModelCheckpoint(
-                    dirpath=root / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                    save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False,
-                ),
-                LastCheckpoint(root / "checkpoints", every_n_steps=cfg.checkpoint_every_n_steps),
-            ]  # fmt: skip
+            callbacks += run_checkpoints(root / "checkpoints", monitor, mode, cfg.checkpoint_every_n_steps)
+        # every checkpoint is written atomically, unless the user configured a checkpoint writer of their own
+        plugins = trainer_cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins if isinstance(plugins, list) else [plugins])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand != "fit" and trainer_cfg.get("logger") in (None, True):
             # evaluations never touch the training metrics.csv: one folder per evaluation, beside it
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -364,6 +367,9 @@ class LitViTCLI(LightningCLI):
         if not self.sweeping:  # a sweep builds its runs' classes itself
             super().instantiate_classes()
 
+    # private: LightningCLI has no public hook that replaces what a subcommand runs: it looks up
+    # `self.trainer.<subcommand>` before it calls a `fit` method of the CLI class or its before_fit / after_fit hooks,
+    # and a sweep has no Trainer of its own (each of its runs builds one)
     def _run_subcommand(self, subcommand: str) -> None:
         if self.sweeping:
             from lit_vit.ablation.sweep import run_sweep

@@ -8,13 +8,24 @@ CPU tests. The training loop already broadcasts rank 0's flag at the start of ev
 `_TrainingEpochLoop._broadcast_sigterm_tensor`), so the handler only has to set the flag and forward the signal to
 the launcher's child processes, which is what the replacement below does. Lightning has no public hook for the
 handler, hence the private names; the patch is skipped when the handler no longer broadcasts.
+
+The tested range (`TESTED_LIGHTNING`, the same as pyproject.toml's, which a test checks): lit_vit relies on a few
+private Lightning names where no public API exists (this handler, the CSV writer's `_check_log_dir_exists`,
+`LightningCLI._run_subcommand`); a release outside the range may rename them and, e.g., delete a resumed run's
+metrics.csv, so the CLI stops at its start (`check_lightning_version`) unless told to go on.
 """
 
 import inspect
 import logging
+import os
 
+import lightning
 from lightning.pytorch.trainer.connectors import signal_connector
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from lit_vit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +41,7 @@ def _sigterm_notifier_without_collective(self, signum, _frame) -> None:
 
 def apply() -> bool:
     """Patch the SIGTERM handler when the installed Lightning broadcasts inside it; returns whether it patched."""
+    # private: Lightning has no public hook for its SIGTERM handler (see the module docstring)
     connector = signal_connector._SignalConnector
     source = inspect.getsource(connector._sigterm_notifier_fn)
     if "dist.broadcast" not in source:
@@ -39,3 +51,26 @@ def apply() -> bool:
 
 
 PATCHED = apply()
+
+
+# The lightning releases lit_vit is tested with: pyproject.toml's dependency specifier (tests/test_lightning_bounds.py
+# checks that they are the same and that the installed release is in the range).
+TESTED_LIGHTNING = ">=2.6.6,<2.7"
+# set to 1 to run with a lightning release outside TESTED_LIGHTNING anyway
+UNTESTED_LIGHTNING_ENV = "LIT_VIT_UNTESTED_LIGHTNING"
+
+
+def check_lightning_version(version: str | None = None) -> None:
+    """Stop with a ConfigError when lightning `version` (default: the installed one) is outside TESTED_LIGHTNING,
+    unless the environment sets LIT_VIT_UNTESTED_LIGHTNING=1."""
+    version = lightning.__version__ if version is None else version
+    try:
+        tested = Version(version) in SpecifierSet(TESTED_LIGHTNING, prereleases=True)
+    except InvalidVersion:
+        tested = False
+    if not tested and os.environ.get(UNTESTED_LIGHTNING_ENV) != "1":
+        raise ConfigError(
+            f"lightning {version} is installed, but lit_vit is tested with lightning{TESTED_LIGHTNING} and relies on "
+            f"some of its private internals: pip install 'lightning{TESTED_LIGHTNING}' (or set "
+            f"{UNTESTED_LIGHTNING_ENV}=1 to run with {version} anyway)"
+        )

@@ -49,6 +49,27 @@ def test_fit_writes_the_run_directory(trained):
     assert {"train/loss", "val/loss", "val/acc1", "val/acc5"} <= set(rows[0])
     last = ckpt(trained / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 8)  # saved at the end of training: 2 epochs done
+    # one ModelCheckpoint state in the checkpoint: best.ckpt's (the periodic last.ckpt callback keeps none)
+    (best_state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert best_state["monitor"] == "val/acc1" and best_state["best_model_path"].endswith("best.ckpt")
+
+
+def test_a_checkpoint_of_an_earlier_lit_vit_resumes_with_its_best_score(tmp_path):
+    """Earlier versions kept best.ckpt with a ModelCheckpoint subclass: its state is stored under that class's name."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_vit.callbacks import LastCheckpoint
+
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/acc1", mode="max")
+    old_key = "Atomic" + best.state_key
+    state = {"monitor": "val/acc1", "best_model_score": torch.tensor(0.75), "best_model_path": str(tmp_path / "b"),
+             "current_score": torch.tensor(0.5), "dirpath": best.dirpath, "best_k_models": {},
+             "kth_best_model_path": "", "kth_value": torch.tensor(0.75), "last_model_path": ""}  # fmt: skip
+    checkpoint = {"callbacks": {old_key: state, "EMA": {"latest_update_step": 3}}}
+    LastCheckpoint(tmp_path).on_load_checkpoint(None, None, checkpoint)  # Lightning calls it before load_state_dict
+    assert sorted(checkpoint["callbacks"]) == sorted([best.state_key, "EMA"])
+    best.load_state_dict(checkpoint["callbacks"][best.state_key])
+    assert float(best.best_model_score) == 0.75
 
 
 def test_checkpoint_alone_rebuilds_the_trained_model(trained):

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -336,24 +337,42 @@ def test_gpu_recipes_parse_with_every_part(path, capsys):
     assert [c["class_path"] for c in config["trainer"]["callbacks"]] == ["lit_vit.callbacks.EMA"]
 
 
-def test_a_checkpoint_saved_by_a_callback_listed_before_ema_holds_this_steps_update(tmp_path):
-    import lightning as L
+class SaveEveryNSteps(L.Callback):
+    """A callback that is not a Lightning Checkpoint (so Lightning does not move it after EMA) and saves a checkpoint
+    in on_train_batch_end, as a user's own callback might."""
+
+    def __init__(self, path, every_n_steps: int) -> None:
+        self.path, self.every_n_steps = path, every_n_steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.parametrize("saver", ["run_checkpoints", "plain_callback"])
+def test_a_checkpoint_saved_by_a_callback_listed_before_ema_holds_this_steps_update(tmp_path, saver):
     from _cli_callbacks import CrashAtStep
 
-    from lit_vit.callbacks import LastCheckpoint
+    from lit_vit.callbacks import AtomicCheckpointIO, run_checkpoints
 
     L.seed_everything(0)
     model = ImageClassifier(VisionTransformer(**TINY_VIT["init_args"]))
+    if saver == "run_checkpoints":  # lit_vit's own: Lightning runs Checkpoint callbacks after the others
+        savers = run_checkpoints(tmp_path, "val/acc1", "max", every_n_steps=3)
+    else:  # runs before EMA's on_train_batch_end: EMA makes the step's update when asked for its state
+        savers = [SaveEveryNSteps(tmp_path / "last.ckpt", 3)]
     trainer = L.Trainer(
         max_steps=5, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False,
-        # the checkpoint's hooks run first; the crash keeps the periodic checkpoint of step 3 as the last one
-        callbacks=[LastCheckpoint(tmp_path, every_n_steps=3), EMA(decay=0.5), CrashAtStep(4)],
+        enable_checkpointing=saver == "run_checkpoints", enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+        # the crash keeps the periodic checkpoint of step 3 as the last one
+        callbacks=[*savers, EMA(decay=0.5), CrashAtStep(4)],
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(model, DigitsDataModule(batch_size=16))
     saved = ckpt(tmp_path / "last.ckpt")
+    assert saved["global_step"] == 3
     assert int(saved["averaging_state"]["n_averaged"]) == 3 and saved["callbacks"]["EMA"]["latest_update_step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # renamed into place, no .tmp left
 
 
 def test_resuming_an_ema_run_without_the_ema_callback_is_refused(tmp_path, capsys):

@@ -143,7 +143,8 @@ def run_args(run: Run, ckpt_path: str | None = None) -> dict[str, Any]:
 def validate_runs(cli, runs: list[Run], base_cfg) -> None:
     """Parse every run's config, build each variant's model and data module once and check that its data is
     there (prepare_data may download or extract it, as Lightning would at the start of the run); nothing is trained."""
-    # LightningCLI keeps the fit subcommand's parser only in this private attribute: it instantiates one run's
+    # private: LightningCLI keeps the fit subcommand's parser only in this attribute (no public accessor, and
+    # jsonargparse exposes a parser's subcommand parsers only through private names too); it instantiates one run's
     # classes (without a Trainer) and makes its errors raise instead of exiting
     fit_parser = cli._subcommand_parsers["fit"]
     built: set[str] = set()
@@ -222,6 +223,7 @@ def run_sweep(cli) -> None:
     base_cfg = cfg.clone()
     base_cfg.ckpt_path = None
     runs = plan_runs(cli, ablation, sweep_dir, base_cfg)
+    # private: the fit subcommand's parser, as in validate_runs (no public accessor)
     dumped = cli._subcommand_parsers["fit"].dump(base_cfg, skip_none=False)
     check_rerun(sweep_dir, runs, dumped)
     if primary:

@@ -2,11 +2,11 @@ from lit_vit.callbacks.artifacts import ViTArtifacts
 from lit_vit.callbacks.ema import EMA
 from lit_vit.callbacks.fewshot import FewShotEval
 from lit_vit.callbacks.predict import PredictionCSVWriter
-from lit_vit.callbacks.run import AtomicModelCheckpoint, LastCheckpoint, RunLogger
+from lit_vit.callbacks.run import AtomicCheckpointIO, LastCheckpoint, RunLogger, run_checkpoints
 from lit_vit.callbacks.throughput import ThroughputLogger
 
 __all__ = [
-    "AtomicModelCheckpoint",
+    "AtomicCheckpointIO",
     "EMA",
     "FewShotEval",
     "LastCheckpoint",
@@ -14,4 +14,5 @@ __all__ = [
     "RunLogger",
     "ThroughputLogger",
     "ViTArtifacts",
+    "run_checkpoints",
 ]

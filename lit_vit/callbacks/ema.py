@@ -68,9 +68,12 @@ class EMA(EMAWeightAveraging):
             self._checkpoint = checkpoint
 
     def state_dict(self) -> dict[str, Any]:
-        # A checkpoint written in on_train_batch_end by a callback that runs before this one (e.g. LastCheckpoint
-        # listed first) would miss this step's update, and a run resumed from it would never make it: make it now
-        # (on_train_batch_end then sees it done). Lightning asks for this state before on_save_checkpoint.
+        # A checkpoint written after this step's optimiser step but before this callback's on_train_batch_end would
+        # miss the step's update, and a run resumed from it would never make it: make it now (on_train_batch_end then
+        # sees it done). Lightning runs its Checkpoint callbacks (lit_vit's best.ckpt / last.ckpt) after the others,
+        # but a plain callback listed before this one that saves in on_train_batch_end, or Ctrl-C between the
+        # optimiser step and this hook (LastCheckpoint saves on it), would write such a checkpoint. Lightning asks for
+        # this state before on_save_checkpoint.
         trainer = self._trainer
         if (
             trainer is not None

@@ -1,4 +1,11 @@
-"""The run directory: metrics.csv that survives resumes, atomic checkpoints, and a last.ckpt that is always there."""
+"""The run directory: metrics.csv that survives resumes, atomic checkpoints, and a last.ckpt that is always there.
+
+A fit keeps `<run dir>/checkpoints/best.ckpt` and `last.ckpt` with Lightning's own callbacks where they do the job
+(`run_checkpoints`): a `ModelCheckpoint` for best.ckpt, a `ModelCheckpoint(save_last=True, every_n_train_steps=N)`
+for the periodic last.ckpt (`PeriodicLastCheckpoint`, which only leaves its empty state out of the checkpoint), and
+`LastCheckpoint`, an `OnExceptionCheckpoint` for what Lightning's callbacks lack (see its docstring). Every checkpoint
+goes through `AtomicCheckpointIO`, given to the Trainer as a plugin.
+"""
 
 import csv
 import os
@@ -6,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from lit_vit.errors import BadImageError
 
@@ -16,8 +24,10 @@ from lit_vit.errors import BadImageError
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; this one keeps it and appends (resumed runs)."""
 
+    # private: Lightning's CSV writer deletes an existing metrics.csv in this method, called by its constructor, and
+    # has no public option to append instead
     def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
+        if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
@@ -45,59 +55,75 @@ class RunLogger(CSVLogger):
 
     @property
     def experiment(self) -> _AppendingWriter:
+        # private: CSVLogger keeps its writer in `_experiment` and has no public way to choose the writer's class
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
 
-def _atomic_save(trainer: L.Trainer, path: Path, weights_only: bool = False) -> None:
-    """Write to a temporary file and rename: a run killed while saving never leaves a truncated checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp, weights_only)
-    if trainer.is_global_zero:
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to `<file>.tmp` beside it, then renames it over the file (`os.replace`, atomic within a
+    file system): a run killed while saving never leaves a truncated last.ckpt / best.ckpt.
+
+    Lightning's own writer goes through a temporary file in the system's temp folder and `shutil.move`, which is a copy,
+    not a rename, when that folder is on another file system than the run (e.g. a tmpfs /tmp)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
-    trainer.strategy.barrier("atomic_save")
 
 
-class AtomicModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose files are replaced atomically."""
+class PeriodicLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=N): `<dirpath>/last.ckpt` every
+    N optimiser steps, and nothing else. It keeps no state in the checkpoint (a ModelCheckpoint's is its best paths and
+    scores, empty here): a run may resume with another N without Lightning's warning that a callback of the
+    checkpoint is missing, and best.ckpt's ModelCheckpoint stays the checkpoint's only one with a score."""
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        _atomic_save(trainer, Path(filepath), self.save_weights_only)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
+    def __init__(self, dirpath: str | Path, every_n_steps: int) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_steps,
+            enable_version_counter=False,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # Lightning stores no entry for a callback whose state is empty
 
 
-class LastCheckpoint(Callback):
-    """Keeps `<dirpath>/last.ckpt` current: every `every_n_steps` optimiser steps, after each validation and training
-    epoch, at the end of training and when the run is interrupted (Ctrl-C, SIGTERM) in a single process.
+class LastCheckpoint(OnExceptionCheckpoint):
+    """Writes `<dirpath>/last.ckpt` where Lightning's ModelCheckpoint does not: after every validation and training
+    epoch of a fit, at its end, and when it is interrupted (Ctrl-C, SIGTERM, an unreadable training image) in a single
+    process, so that `--ckpt_path last` continues from where the run stopped. On resume it drops the metrics.csv rows
+    logged after the checkpoint's step (the resumed run logs them again): one run keeps one metrics file.
 
-    On resume it drops the metrics.csv rows logged after the checkpoint's step (the resumed run logs them again), so
-    one run keeps one metrics file without duplicated rows.
+    What Lightning's callbacks lack, and this adds:
+    - ModelCheckpoint(save_last=True) refreshes last.ckpt only beside a top-k checkpoint or every N steps, at most once
+      per optimiser step, and in on_train_end only when it never wrote one: its last.ckpt would miss the state after a
+      validation or an epoch end that falls between two periodic saves, and at the end of a fit it would record the
+      last epoch as unfinished.
+    - OnExceptionCheckpoint saves on every exception, on every rank. Here only interruptions are saved: Ctrl-C, SIGTERM
+      (Lightning raises SIGTERMException between steps) and a bad image (raised while its batch is loaded, before the
+      batch reaches the model, so the resumed run retries it). After another error the state may be half-way through
+      a step, and in a multi-process run the other ranks may be gone (the save would wait for them forever): the
+      periodic last.ckpt is kept there.
+    - OnExceptionCheckpoint deletes its file at teardown (after a run that did not fail, and after validate / test /
+      predict); here the file is the run's last.ckpt, which stays.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int = 100) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
-        self.every_n_steps = every_n_steps
-        self._resumed_step: int | None = None
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST)
 
     def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.global_step == 0:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(trainer, self.path)
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0:
+            trainer.save_checkpoint(self.ckpt_path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit":
-            self._save(trainer)
+        self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
@@ -106,20 +132,38 @@ class LastCheckpoint(Callback):
         self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # in a multi-process run the other ranks may be gone: rely on the periodic checkpoint there. A bad image stops
-        # the run before its batch reaches the model, so the state is consistent and the resumed run retries that batch.
-        if (
-            trainer.state.fn == "fit"
-            and trainer.world_size == 1
-            and isinstance(exception, KeyboardInterrupt | SystemExit | BadImageError)
-        ):
+        if trainer.world_size == 1 and isinstance(exception, KeyboardInterrupt | SystemExit | BadImageError):
             self._save(trainer)
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._resumed_step = checkpoint.get("global_step")
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass  # keep last.ckpt (OnExceptionCheckpoint removes its file here)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # checkpoints of earlier lit_vit versions hold best.ckpt's callback state under the name of the ModelCheckpoint
+        # subclass that kept it then (AtomicModelCheckpoint): hand it to the ModelCheckpoint that keeps it now, so an
+        # older run resumes with its best score (Lightning calls every on_load_checkpoint before any load_state_dict)
+        states = checkpoint.get("callbacks") or {}
+        for key in [k for k in states if isinstance(k, str) and k.startswith("AtomicModelCheckpoint{")]:
+            states.setdefault(key.removeprefix("Atomic"), states.pop(key))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the loops are restored by now (with every strategy: FSDP restores after on_fit_start)
         logger = next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
-        if self._resumed_step is not None and logger is not None and trainer.is_global_zero:
-            logger.experiment.drop_rows_from_step(self._resumed_step)
-        self._resumed_step = None
+        if trainer.ckpt_path is not None and logger is not None and trainer.is_global_zero:
+            logger.experiment.drop_rows_from_step(trainer.global_step)
+
+
+def run_checkpoints(dirpath: str | Path, monitor: str, mode: str = "max", every_n_steps: int = 100) -> list[Checkpoint]:
+    """The checkpoint callbacks of a lit_vit run: `<dirpath>/best.ckpt`, the best `monitor` so far (checked after
+    each validation), and `<dirpath>/last.ckpt`, refreshed every `every_n_steps` optimiser steps (0: never between
+    validations), after every validation and epoch, at the end and when the run is interrupted (`LastCheckpoint`)."""
+    callbacks: list[Checkpoint] = [
+        ModelCheckpoint(
+            dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        ),
+    ]  # fmt: skip
+    if every_n_steps > 0:
+        callbacks.append(PeriodicLastCheckpoint(dirpath, every_n_steps))
+    callbacks.append(LastCheckpoint(dirpath))
+    return callbacks

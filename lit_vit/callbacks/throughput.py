@@ -40,6 +40,7 @@ class ThroughputLogger(L.Callback):
         self.train_seconds = 0.0  # training time of those samples (validation excluded), resumes included
         self.fit_seconds = 0.0  # time spent in fit by earlier sessions of the run
         self._fit_start: float | None = None
+        self._seen_step = 0  # trainer.global_step at the last training batch
 
     @property
     def images_per_second(self) -> float:
@@ -74,6 +75,7 @@ class ThroughputLogger(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.peak, _ = peak_flops(trainer.strategy.root_device, str(trainer.precision), self.peak_tflops)
+        self._seen_step = trainer.global_step
         self._restart(trainer)
 
     def _restart(self, trainer: L.Trainer) -> None:
@@ -94,8 +96,9 @@ class ThroughputLogger(L.Callback):
         self._samples += len(x) * trainer.world_size
         self.samples_trained += len(x) * trainer.world_size
         self._steps += 1
-        if trainer.fit_loop._should_accumulate() or (trainer.global_step % trainer.log_every_n_steps):
-            return
+        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
+        if not stepped or trainer.global_step % trainer.log_every_n_steps:
+            return  # a gradient-accumulation batch (no optimiser step), or not a logging step
         elapsed = self._close_interval(trainer)
         samples_per_s = self._samples / elapsed
         metrics = {"throughput/samples_per_s": samples_per_s, "throughput/step_time_s": elapsed / self._steps}
