@@ -20,6 +20,9 @@ from torch.optim.swa_utils import AveragedModel
 from lit_vit.errors import ConfigError
 
 
+# private: WeightAveraging keeps the averaged model, its options and the last updated step only in private attributes
+# (`_average_model`, `_device`, `_use_buffers`, `_kwargs`, `_latest_update_step`; no public accessor in Lightning 2.6):
+# building the average in on_fit_start, updating it in state_dict and averaged_module below read and set them.
 class EMA(EMAWeightAveraging):
     """Exponential moving average of the model's weights and buffers, updated after optimiser steps.
 
