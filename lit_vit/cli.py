@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lit_vit import lightning_fixes  # patches a Lightning SIGTERM deadlock at import (see the module)
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicCheckpointIO, PredictionCSVWriter, RunLogger, run_checkpoints
+from lit_vit.cli_parser import LitViTParser
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
 
@@ -201,6 +202,7 @@ class LitViTCLI(LightningCLI):
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
+            parser_class=LitViTParser,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=FitConfigSaver,
