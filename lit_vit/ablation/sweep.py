@@ -51,6 +51,7 @@ from lit_vit.ablation.results import (
     write_results,
 )
 from lit_vit.callbacks.throughput import ThroughputLogger
+from lit_vit.cli_parser import condense
 from lit_vit.config_diff import describe, differences, flatten
 from lit_vit.errors import ConfigError
 
@@ -111,7 +112,7 @@ def _raising(*parsers) -> Iterator[None]:
             p.exit_on_error = flag
 
 
-def plan_runs(cli, ablation: Ablation, sweep_dir: Path, base_cfg) -> list[Run]:
+def plan_runs(ablation: Ablation, sweep_dir: Path, base_cfg) -> list[Run]:
     """Every run's config, seed-major (all variants of the first seed first, so a partial sweep compares)."""
     has_data_seed = "data.init_args.seed" in base_cfg
     runs = []
@@ -140,7 +141,7 @@ def run_args(run: Run, ckpt_path: str | None = None) -> dict[str, Any]:
     return {"fit": values}
 
 
-def validate_runs(cli, runs: list[Run], base_cfg) -> None:
+def validate_runs(cli, runs: list[Run]) -> None:
     """Parse every run's config, build each variant's model and data module once and check that its data is
     there (prepare_data may download or extract it, as Lightning would at the start of the run); nothing is trained."""
     # private: LightningCLI keeps the fit subcommand's parser only in this attribute (no public accessor, and
@@ -155,7 +156,7 @@ def validate_runs(cli, runs: list[Run], base_cfg) -> None:
             except (ArgumentError, TypeError, ValueError) as err:
                 raise ConfigError(
                     f"ablation variant {run.variant.name!r} (seed {run.seed}): its overrides "
-                    f"{run.variant.overrides} do not parse: {str(err).splitlines()[0]}. Fix the variant's values"
+                    f"{run.variant.overrides} do not parse: {condense(str(err))}. Fix the variant's values"
                 ) from err
         if run.variant.name in built:
             continue
@@ -222,16 +223,16 @@ def run_sweep(cli) -> None:
     sweep_dir = Path(cfg.trainer.default_root_dir or "runs/default")
     base_cfg = cfg.clone()
     base_cfg.ckpt_path = None
-    runs = plan_runs(cli, ablation, sweep_dir, base_cfg)
+    runs = plan_runs(ablation, sweep_dir, base_cfg)
     # private: the fit subcommand's parser, as in validate_runs (no public accessor)
     dumped = cli._subcommand_parsers["fit"].dump(base_cfg, skip_none=False)
     check_rerun(sweep_dir, runs, dumped)
+    validate_runs(cli, runs)  # before anything is written: a sweep that cannot run leaves no folder behind
     if primary:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         tmp = sweep_dir / (SWEEP_CONFIG + ".tmp")  # other ranks may read it at the same moment (torchrun)
         tmp.write_text(dumped)
         tmp.replace(sweep_dir / SWEEP_CONFIG)
-    validate_runs(cli, runs, base_cfg)
 
     console = Console(stderr=True, quiet=not primary)
     order = [v.name for v in ablation.variants]
