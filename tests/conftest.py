@@ -38,6 +38,15 @@ def tiny_fit_args(run_dir, *extra: str, max_epochs: int = 1, limit_batches: int 
     ]
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """A test that sets torch's thread count (bench --threads, --num_threads) leaves it as it found it: on a busy
+    2-core machine the tests after it would otherwise run several times slower."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run_dir(tmp_path):
     return tmp_path / "run"
