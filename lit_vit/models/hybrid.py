@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import PosEmbedKind, grid_size, to_2tuple
+from lit_vit.models.layers import PoolKind, PosEmbedKind, grid_size, to_2tuple
 from lit_vit.models.resnetv2 import build_resnet
 from lit_vit.models.variants import HYBRID_VARIANTS, vit_dims
 from lit_vit.models.vit import VisionTransformer
@@ -120,7 +120,7 @@ class HybridViT(VisionTransformer):
         qkv_bias: bool = True,
         qk_scale: float | None = None,
         class_token: bool = True,
-        pool: str = "cls",
+        pool: PoolKind = "cls",
         pos_embed: PosEmbedKind = "learned_1d",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,

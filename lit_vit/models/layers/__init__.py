@@ -4,7 +4,7 @@ from lit_vit.models.layers.drop_path import DropPath
 from lit_vit.models.layers.init import init_weights, linear_head
 from lit_vit.models.layers.mlp import Mlp
 from lit_vit.models.layers.patch_embed import PatchEmbed, grid_size, to_2tuple
-from lit_vit.models.layers.pooling import POOL_KINDS, MAPHead, check_pool
+from lit_vit.models.layers.pooling import POOL_KINDS, MAPHead, PoolKind, check_pool
 from lit_vit.models.layers.pos_embed import (
     POS_EMBED_KINDS,
     PosEmbed,
@@ -25,6 +25,7 @@ __all__ = [
     "MAPHead",
     "Mlp",
     "PatchEmbed",
+    "PoolKind",
     "PosEmbed",
     "PosEmbedKind",
     "QKHook",

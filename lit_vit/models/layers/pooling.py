@@ -1,3 +1,5 @@
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -6,6 +8,7 @@ from lit_vit.errors import ConfigError
 from lit_vit.models.layers.mlp import Mlp
 
 POOL_KINDS = ("cls", "gap", "map")
+PoolKind = Literal[POOL_KINDS]  # type: ignore[valid-type] - the choices of the `pool` options in --help
 
 
 def check_pool(pool: str, class_token: bool) -> None:
