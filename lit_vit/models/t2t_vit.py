@@ -13,9 +13,9 @@ from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import (
-    Block,
     Mlp,
     PosEmbedKind,
+    build_blocks,
     build_pos_embed,
     init_weights,
     linear_head,
@@ -233,21 +233,17 @@ class T2TViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = build_pos_embed(pos_embed, embed_dim, self.grid, self.num_prefix_tokens, num_heads)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth, as torch.linspace
-        self.blocks = nn.ModuleList(
-            # official LayerNorms keep PyTorch's eps 1e-5 (ViT uses 1e-6)
-            Block(
-                embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=dims["mlp_ratio"],
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-                norm_eps=1e-5,  # the official code's nn.LayerNorm default
-            )
-            for i in range(depth)
+        self.blocks = build_blocks(
+            embed_dim,
+            depth,
+            num_heads=num_heads,
+            mlp_ratio=dims["mlp_ratio"],
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            norm_eps=1e-5,  # the official code's nn.LayerNorm default (ViT uses 1e-6)
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

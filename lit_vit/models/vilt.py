@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import Block, PatchEmbed, init_weights
+from lit_vit.models.layers import PatchEmbed, build_blocks, init_weights
 from lit_vit.models.variants import vit_dims
 
 
@@ -116,19 +116,16 @@ class ViLT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
         self.pos_drop = nn.Dropout(drop_rate)
         self.modality_embed = nn.Embedding(2, dim)  # 0 text, 1 image
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-                norm_eps=norm_eps,
-            )
-            for i in range(depth)
+        self.blocks = build_blocks(
+            dim,
+            depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            norm_eps=norm_eps,
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pooler = nn.Linear(dim, dim)

@@ -4,11 +4,11 @@ import torch
 from torch import nn
 
 from lit_vit.models.layers import (
-    Block,
     MAPHead,
     PatchEmbed,
     PoolKind,
     PosEmbedKind,
+    build_blocks,
     build_pos_embed,
     check_pool,
     grid_size,
@@ -77,19 +77,16 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = build_pos_embed(pos_embed, embed_dim, self.grid, self.num_prefix_tokens, num_heads)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(
-            Block(
-                embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-            )
-            for i in range(depth)
+        self.blocks = build_blocks(
+            embed_dim,
+            depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
         )
         # timm's layout: the final norm acts on all tokens for cls / map, after pooling (fc_norm) for gap
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if pool != "gap" else nn.Identity()

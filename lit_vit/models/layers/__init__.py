@@ -1,4 +1,4 @@
-from lit_vit.models.layers.attention import Attention, Block, QKHook
+from lit_vit.models.layers.attention import Attention, Block, QKHook, build_blocks
 from lit_vit.models.layers.dims import merge_dims
 from lit_vit.models.layers.drop_path import DropPath
 from lit_vit.models.layers.init import init_weights, linear_head
@@ -29,6 +29,7 @@ __all__ = [
     "PosEmbed",
     "PosEmbedKind",
     "QKHook",
+    "build_blocks",
     "build_pos_embed",
     "check_pool",
     "grid_size",

@@ -104,3 +104,35 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), attn_bias, qk_hook))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def build_blocks(
+    dim: int,
+    depth: int,
+    *,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    qkv_bias: bool = True,
+    qk_scale: float | None = None,
+    drop: float = 0.0,
+    attn_drop: float = 0.0,
+    drop_path_rate: float = 0.0,
+    norm_eps: float = 1e-6,
+) -> nn.ModuleList:
+    """`depth` pre-LN blocks with stochastic depth rising linearly from 0 to `drop_path_rate` (as torch.linspace, the
+    rule of timm, DeiT and the official T2T-ViT and ViLT code)."""
+    rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+    return nn.ModuleList(
+        Block(
+            dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop,
+            attn_drop=attn_drop,
+            drop_path=rate,
+            norm_eps=norm_eps,
+        )
+        for rate in rates
+    )
