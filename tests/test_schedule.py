@@ -116,6 +116,8 @@ def test_warmup_in_epochs_equals_the_same_warmup_in_steps(fits):
         (dict(warmup_steps=-1), "warm-up must be >= 0"),
         (dict(warmup_epochs=-0.5), "warm-up must be >= 0"),
         (dict(warmup_steps=4, warmup_epochs=1.0), "give the warm-up once"),
+        (dict(min_lr_ratio=-0.1), r"min_lr_ratio must be in \[0, 1\].*got -0.1"),
+        (dict(min_lr_ratio=1.5), r"min_lr_ratio must be in \[0, 1\].*got 1.5"),
     ],
 )
 def test_bad_warmup_options_are_config_errors(kwargs, message):

@@ -139,6 +139,11 @@ class ImageClassifier(L.LightningModule):
             raise ConfigError(
                 f"give the warm-up once: warmup_steps {warmup_steps} or warmup_epochs {warmup_epochs}, not both"
             )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"min_lr_ratio must be in [0, 1] (the final lr as a fraction of the peak), got {min_lr_ratio}; "
+                "e.g. 0.01, or 0 to decay to zero"
+            )
         if optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose adamw or sgd")
         for name, value, part in (("head_lr", head_lr, "head"), ("pos_embed_lr", pos_embed_lr, "pos_embed")):
