@@ -47,6 +47,17 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models run
+    faster on one thread than on two competing for a busy 2-core machine, and runs compared bit for bit need the
+    same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run_dir(tmp_path):
     return tmp_path / "run"

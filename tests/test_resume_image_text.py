@@ -5,6 +5,7 @@ from last.ckpt trains on exactly the batches, and ends with exactly the weights,
 import lightning as L
 import pytest
 import torch
+from _cli_callbacks import CrashAtStep
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_vit.data import SceneDataModule
@@ -18,13 +19,7 @@ TINY = dict(max_text_len=16, img_size=32, patch_size=8, embed_dim=32, depth=1, n
 BATCHES_PER_EPOCH = 6  # 12 scenes x 4 questions / batch size 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread; and both runs of a comparison must use the same number."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordBatches(Callback):
@@ -42,15 +37,6 @@ class RecordBatches(Callback):
                 "image": round(float(batch["image"].sum()), 3),
             }
         )
-
-
-class CrashAtStep(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
 
 
 def fit(run_dir, *callbacks: Callback, ckpt_path: str | None = None, every: int = 4) -> ViltVQA:

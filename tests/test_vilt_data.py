@@ -21,14 +21,7 @@ from lit_vit.data.image_text import (
 from lit_vit.data.tokenizer import SPECIAL_TOKENS, TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two competing for a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_vilt_resize_rule():

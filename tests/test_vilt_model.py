@@ -14,14 +14,7 @@ from lit_vit.models.weights.vilt import (
     to_original_vilt,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two competing for a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(vocab_size=50, max_text_len=12, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)

@@ -15,14 +15,7 @@ from lit_vit.models import ViLT
 from lit_vit.modules import ViltPretraining, ViltRetrieval, ViltVQA
 from lit_vit.modules.vilt import retrieval_recall, warmup_linear
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two competing for a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_retrieval_recall_against_a_hand_computed_example():
