@@ -6,6 +6,8 @@ so `load_from_checkpoint` rebuilds the model alone. The optimiser is the officia
 (0.9, 0.98), linear warm-up over the first 10% of steps, then linear decay to 0.
 """
 
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -177,12 +179,8 @@ class ViltPretraining(ViltModule):
         itm_weight: weight of the ITM loss.
         mlm_weight: weight of the MLM loss.
         wpa_weight: weight of the word-patch alignment loss (0.1 in ViLT; 0 disables it).
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_ratio: fraction of steps in linear warm-up.
-        head_lr_mult: learning-rate multiplier of the task heads (unused in pre-training).
+        **kwargs: the optimiser and schedule options of ViltModule (lr, weight_decay, betas, eps, warmup_ratio,
+            head_lr_mult).
     """
 
     monitor = ("val/loss", "min")
@@ -195,14 +193,9 @@ class ViltPretraining(ViltModule):
         itm_weight: float = 1.0,
         mlm_weight: float = 1.0,
         wpa_weight: float = 0.1,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-8,
-        warmup_ratio: float = 0.1,
-        head_lr_mult: float = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        super().__init__(model=model, pretrained=pretrained, **kwargs)
         if not 0.0 < mlm_prob < 1.0:
             raise ConfigError(f"mlm_prob must be in (0, 1), got {mlm_prob}")
         for stage in ("train", "val", "test"):
@@ -279,12 +272,8 @@ class ViltRetrieval(ViltModule):
         model: the ViLT network.
         pretrained: weights to start from (a pre-training checkpoint; the rank head starts from ITM's match row).
         num_negatives: captions of other images scored against each image in training (15 in ViLT).
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_ratio: fraction of steps in linear warm-up.
-        head_lr_mult: learning-rate multiplier of the rank head.
+        **kwargs: the optimiser and schedule options of ViltModule (lr, weight_decay, betas, eps, warmup_ratio,
+            head_lr_mult).
     """
 
     monitor = ("val/r_mean", "max")
@@ -296,14 +285,9 @@ class ViltRetrieval(ViltModule):
         model: ViLT,
         pretrained: str | None = None,
         num_negatives: int = 15,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-8,
-        warmup_ratio: float = 0.1,
-        head_lr_mult: float = 1.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        super().__init__(model=model, pretrained=pretrained, **kwargs)
         if num_negatives < 1:
             raise ConfigError(f"num_negatives must be at least 1, got {num_negatives}")
         if self.model.rank_head is None:
@@ -369,12 +353,9 @@ class ViltVQA(ViltModule):
     Args:
         model: the ViLT network (its VQA head is sized from the data's answers).
         pretrained: weights to start from (a pre-training checkpoint).
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay.
-        betas: AdamW betas.
-        eps: AdamW epsilon.
-        warmup_ratio: fraction of steps in linear warm-up.
         head_lr_mult: learning-rate multiplier of the VQA classifier (10 in ViLT).
+        **kwargs: the other optimiser and schedule options of ViltModule (lr, weight_decay, betas, eps,
+            warmup_ratio).
     """
 
     monitor = ("val/vqa_score", "max")
@@ -384,14 +365,10 @@ class ViltVQA(ViltModule):
         self,
         model: ViLT,
         pretrained: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        eps: float = 1e-8,
-        warmup_ratio: float = 0.1,
         head_lr_mult: float = 10.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, pretrained, lr, weight_decay, betas, eps, warmup_ratio, head_lr_mult)
+        super().__init__(model=model, pretrained=pretrained, head_lr_mult=head_lr_mult, **kwargs)
         self.answers: list[str] | None = None
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_score", MeanMetric())
