@@ -7,11 +7,13 @@ VisionTransformer's. Parameter names are timm's (`patch_embed.backbone.*`, `patc
 checkpoints load as they are.
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import PoolKind, PosEmbedKind, grid_size, to_2tuple
+from lit_vit.models.layers import grid_size, to_2tuple
 from lit_vit.models.resnetv2 import build_resnet
 from lit_vit.models.variants import HYBRID_VARIANTS, vit_dims
 from lit_vit.models.vit import VisionTransformer
@@ -90,15 +92,8 @@ class HybridViT(VisionTransformer):
         embed_dim: token width D (default the variant's).
         depth: number of transformer blocks.
         num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width as a multiple of D.
-        qkv_bias: bias on the query / key / value projection.
-        qk_scale: attention logit scale (default head_dim ** -0.5).
-        class_token: prepend a learned class token.
-        pool: cls, gap or map (as VisionTransformer).
-        pos_embed: any registered kind (as VisionTransformer).
-        drop_rate: dropout after the embeddings, in MLPs and projections.
-        attn_drop_rate: dropout on attention weights.
-        drop_path_rate: stochastic depth rate of the transformer blocks.
+        **kwargs: every other option of VisionTransformer (mlp_ratio, qkv_bias, qk_scale, class_token, pool,
+            pos_embed, drop_rate, attn_drop_rate, drop_path_rate), the same for the hybrid.
     """
 
     def __init__(
@@ -116,15 +111,7 @@ class HybridViT(VisionTransformer):
         embed_dim: int | None = None,
         depth: int | None = None,
         num_heads: int | None = None,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: float | None = None,
-        class_token: bool = True,
-        pool: PoolKind = "cls",
-        pos_embed: PosEmbedKind = "learned_1d",
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         if variant is not None:
             name, spec, timm_size = resolve_variant(variant)
@@ -143,18 +130,10 @@ class HybridViT(VisionTransformer):
             patch_size=cnn_stride * patch_size,  # the token stride in pixels: the grid of the position embedding
             in_chans=in_chans,
             num_classes=num_classes,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            class_token=class_token,
-            pool=pool,
-            pos_embed=pos_embed,
-            drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate,
-            drop_path_rate=drop_path_rate,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
+            **kwargs,
         )
         # replaces the ViT's patch Conv2d, in the same place of the module order (timm's key order)
         self.patch_embed = HybridEmbed(

@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,33 +107,8 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def build_blocks(
-    dim: int,
-    depth: int,
-    *,
-    num_heads: int,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop: float = 0.0,
-    attn_drop: float = 0.0,
-    drop_path_rate: float = 0.0,
-    norm_eps: float = 1e-6,
-) -> nn.ModuleList:
-    """`depth` pre-LN blocks with stochastic depth rising linearly from 0 to `drop_path_rate` (as torch.linspace, the
-    rule of timm, DeiT and the official T2T-ViT and ViLT code)."""
+def build_blocks(dim: int, depth: int, *, drop_path_rate: float = 0.0, **block_options: Any) -> nn.ModuleList:
+    """`depth` pre-LN blocks (`block_options`: Block's keyword options) with stochastic depth rising linearly from 0
+    to `drop_path_rate` (as torch.linspace, the rule of timm, DeiT and the official T2T-ViT and ViLT code)."""
     rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-    return nn.ModuleList(
-        Block(
-            dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            drop=drop,
-            attn_drop=attn_drop,
-            drop_path=rate,
-            norm_eps=norm_eps,
-        )
-        for rate in rates
-    )
+    return nn.ModuleList(Block(dim, drop_path=rate, **block_options) for rate in rates)
