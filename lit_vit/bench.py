@@ -645,6 +645,8 @@ def check_args(args: Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}; leave it unset for torch's choice")
     if any(w < 0 for w in args.workers):
         raise ConfigError(f"--workers must be 0 or more, got {args.workers}")
     if args.jpeg_tree is not None and args.jpeg_tree < 1:
@@ -659,7 +661,7 @@ def check_args(args: Namespace) -> None:
 def run(parser: ArgumentParser, args: Namespace, argv: list[str]) -> dict:
     check_args(args)
     device = torch.device(args.device)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.matmul_precision:
         torch.set_float32_matmul_precision(args.matmul_precision)

@@ -138,6 +138,7 @@ def test_no_save_appends_nothing(tmp_path):
     "argv, message",
     [
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--device", "cuda:0"], "CUDA is not available"),
         (["--config", "missing.yaml"], "no such file"),
         # the embedded digits have no image folder for the generated JPEGs
