@@ -362,10 +362,10 @@ def apply_rotary(
     (H*W x head_dim / 2), pairing channel i with channel i + head_dim / 2 ("rotate half"); prefix tokens (the class
     token) carry no position and are left as they are."""
 
+    c, s = cos.to(q.dtype), sin.to(q.dtype)  # once for q and k (one dtype: both come from the same qkv projection)
+
     def rotate(t: torch.Tensor) -> torch.Tensor:
-        grid_tokens = t[:, :, num_prefix:]
-        a, b = grid_tokens.chunk(2, dim=-1)
-        c, s = cos.to(t.dtype), sin.to(t.dtype)
+        a, b = t[:, :, num_prefix:].chunk(2, dim=-1)
         rotated = torch.cat([a * c - b * s, a * s + b * c], dim=-1)
         return torch.cat([t[:, :, :num_prefix], rotated], dim=2) if num_prefix else rotated
 

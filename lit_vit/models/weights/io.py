@@ -85,13 +85,15 @@ def strict_load(
     """
     own = model.state_dict()
     sd = dict(sd)
-    skipped = []
-    for k in [k for k in sd if k.startswith(optional) and optional]:
-        mismatched = k in own and sd[k].shape != own[k].shape
-        if not load_optional or k not in own or (mismatched and skip_mismatched):
-            skipped.append(k)
-            sd.pop(k)
-    missing = [k for k in own if k not in sd and not (optional and k.startswith(optional))]
+    is_optional = (lambda key: key.startswith(optional)) if optional else (lambda key: False)
+    skipped = [
+        k
+        for k in sd
+        if is_optional(k) and (not load_optional or k not in own or (skip_mismatched and sd[k].shape != own[k].shape))
+    ]
+    for k in skipped:
+        sd.pop(k)
+    missing = [k for k in own if k not in sd and not is_optional(k)]
     unexpected = [k for k in sd if k not in own]
     shapes = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape
