@@ -73,22 +73,16 @@ class ImageDataModule(ResumableDataModule):
         predict_path: str | list[str] | None = None,
         augment_policy: AugmentPolicy | None = None,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        super().__init__(batch_size, eval_batch_size, seed)
         self.root = Path(root)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
-        self.batch_size = batch_size
-        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
         if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
             raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}; e.g. 0.875 (rrc) or 1.0 (plain resize)")
         if crop_pct is None:  # the eval resize follows the training augmentation
             crop_pct = 0.875 if augment == "rrc" else 1.0
         self.augment, self.hflip, self.rrc_scale, self.pad, self.crop_pct = augment, hflip, rrc_scale, pad, crop_pct
-        self.mean, self.std, self.seed = mean, std, seed
+        self.mean, self.std = mean, std
         self.predict_path = predict_path
         self.augment_policy = as_policy(augment_policy)  # a dict when read back from a checkpoint's hyperparameters
         train_transform(self.img_size, (0.5,), (0.5,), augment)  # validates `augment` before anything is read

@@ -379,7 +379,7 @@ class ImageTextDataModule(ResumableDataModule):
         skip_corrupt_images: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, seed)
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if augment not in AUGMENT_KINDS:
@@ -392,11 +392,7 @@ class ImageTextDataModule(ResumableDataModule):
             raise ConfigError(f"max_image_size must be >= image_size ({image_size}), got {max_image_size}")
         self.max_image_size = int(image_size * 5 / 3) if max_image_size is None else max_image_size
         self.max_text_len, self.vocab_file, self.vocab_size = max_text_len, vocab_file, vocab_size
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
-        self.batch_size = batch_size
-        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        self.num_workers, self.augment, self.seed = num_workers, augment, seed
+        self.num_workers, self.augment = num_workers, augment
         self.eval_max_images, self.skip_corrupt_images = eval_max_images, skip_corrupt_images
         self.tokenizer: TextTokenizer | None = None
         if vocab_file is not None:

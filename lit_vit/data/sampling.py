@@ -71,17 +71,24 @@ class ResumableDataLoader(DataLoader):
 class ResumableDataModule(L.LightningDataModule):
     """Base of the classification and image-text DataModules: seeded loaders and exact mid-epoch resume.
 
-    A subclass sets `seed`, `batch_size` and `eval_batch_size`, and builds its loaders with `train_loader` and
-    `eval_loader`. The position inside the epoch is saved with every checkpoint as this DataModule's state
-    (`{"epoch", "batches_done", "seed"}`, stored by Lightning under the class name). On resume Lightning restores it
+    A subclass passes `batch_size`, `eval_batch_size` and `seed` to this constructor, which checks them, and builds its
+    loaders with `train_loader` and `eval_loader`. The position inside the epoch is saved with every checkpoint as
+    this DataModule's state (`{"epoch", "batches_done", "seed"}`, stored by Lightning under the class name). On
+    resume Lightning restores it
     before it builds the training loader, whose sampler then drops the `batches_done * batch_size` samples of the
     interrupted epoch that were trained on: the resumed run sees exactly the batches an uninterrupted run sees.
     """
 
-    seed: int
-    batch_size: int
-    eval_batch_size: int
-    _resume: dict[str, int] | None = None
+    def __init__(self, batch_size: int, eval_batch_size: int | None, seed: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be a positive integer, got {eval_batch_size} (unset: batch_size)")
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.seed = seed
+        self._resume: dict[str, int] | None = None
 
     def state_dict(self) -> dict[str, int]:
         trainer = self.trainer
