@@ -247,33 +247,34 @@ class PairDataset(Dataset):
 
 
 class RetrievalGridDataset(Dataset):
-    """Every (image, text) combination of an evaluation split, image-major: item k = (k // T, k % T).
+    """Every (image, text) combination of the first `num_images` images of an evaluation split, image-major: item
+    k = (k // T, k % T).
 
-    `text_image[j]` is the row (position in `image_indices`) of the image that text j describes.
+    `text_image[j]` is the image (a grid row) that text j describes.
     """
 
     def __init__(
         self,
         images: ImageSource,
-        image_indices: Sequence[int],
+        num_images: int,
         texts: Sequence[str],
         text_image: Sequence[int],
         transform: ImageTextTransform,
     ) -> None:
         self.images, self.transform = images, transform
-        self.image_indices, self.texts = list(image_indices), list(texts)
+        self.num_images, self.texts = num_images, list(texts)
         self.text_image = torch.tensor(list(text_image))  # text j describes image text_image[j] (a grid row)
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        return len(self.image_indices) * len(self.texts)
+        return self.num_images * len(self.texts)
 
     def __getitem__(self, k: int) -> dict:
         i, j = divmod(k, len(self.texts))
         if self._cache is None or self._cache[0] != i:  # consecutive items share the image: decode it once
-            image = self.images.load(self.image_indices[i])
+            image = self.images.load(i)
             if image is None:
-                raise ConfigError(f"evaluation image {self.image_indices[i]} is corrupt; retrieval needs every image")
+                raise ConfigError(f"evaluation image {i} is corrupt; retrieval needs every image")
             self._cache = (i, self.transform(image))
         return {"image": self._cache[1], "text": self.texts[j], "image_index": i, "index": j}
 
@@ -441,7 +442,7 @@ class ImageTextDataModule(ResumableDataModule):
             n = len(rec.captions) if self.eval_max_images is None else min(self.eval_max_images, len(rec.captions))
             flat = [(i, t) for i, ts in enumerate(rec.captions[:n]) for t in ts]
             self.datasets[key] = RetrievalGridDataset(
-                rec.images, range(n), [t for _, t in flat], [i for i, _ in flat], self.transform(False)
+                rec.images, n, [t for _, t in flat], [i for i, _ in flat], self.transform(False)
             )
         return self.datasets[key]
 

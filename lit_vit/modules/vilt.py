@@ -332,7 +332,7 @@ class ViltRetrieval(ViltModule):
         self._scores = []
         grid = self.trainer.datamodule.retrieval_dataset(stage)
         text_image = grid.text_image.to(rows.device)
-        matrix = torch.full((len(grid.image_indices), len(grid.texts)), float("-inf"), device=rows.device)
+        matrix = torch.full((grid.num_images, len(grid.texts)), float("-inf"), device=rows.device)
         matrix[rows[:, 0].long(), rows[:, 1].long()] = rows[:, 2]
         for name, value in retrieval_recall(matrix, text_image).items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("ir_r1", "tr_r1"), rank_zero_only=True)
