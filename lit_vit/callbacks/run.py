@@ -120,7 +120,9 @@ class LastCheckpoint(OnExceptionCheckpoint):
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0:
-            trainer.save_checkpoint(self.ckpt_path)
+            trainer.save_checkpoint(
+                self.ckpt_path, weights_only=False
+            )  # the full state (resume); saying so keeps Lightning from logging that it chose it
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
