@@ -209,7 +209,6 @@ class LitViTCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs/default", "log_every_n_steps": 10},
             parser_kwargs={
-                "prog": "python -m lit_vit",  # not argparse's default, the file name (__main__.py)
                 "epilog": EXTRA_COMMANDS_HELP,
                 "formatter_class": CommandListFormatter,
                 **{name: {"epilog": RESUME_HELP} for name in ("fit", "validate", "test", "predict")},
