@@ -228,7 +228,7 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # An EMA checkpoint's state_dict is the average; only the EMA callback puts the trained weights back, so a fit
         # resumed without it would silently continue from the average.
-        trainer = self._trainer
+        trainer = self._trainer  # `self.trainer` raises when none is attached (load_from_checkpoint)
         resuming = trainer is not None and trainer.state.fn == "fit"
         if resuming and "current_model_state" in checkpoint:
             if not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):

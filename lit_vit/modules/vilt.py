@@ -135,7 +135,8 @@ class ViltModule(L.LightningModule):
             raise ConfigError("the checkpoint has no ViLT vocabulary (vilt_vocab); it was not written by a ViLT module")
         self.vocab = list(vocab)
         self.model.resize_vocab(len(vocab))
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        # `self.trainer` raises when none is attached (load_from_checkpoint): `_trainer` is the only way to ask
+        dm = getattr(self._trainer, "datamodule", None)
         if isinstance(dm, ImageTextDataModule):
             dm.use_vocab(self.vocab)
             self.tokenizer = dm.tokenizer
