@@ -74,9 +74,9 @@ class ResumableDataModule(L.LightningDataModule):
     A subclass passes `batch_size`, `eval_batch_size` and `seed` to this constructor, which checks them, and builds its
     loaders with `train_loader` and `eval_loader`. The position inside the epoch is saved with every checkpoint as
     this DataModule's state (`{"epoch", "batches_done", "seed"}`, stored by Lightning under the class name). On
-    resume Lightning restores it
-    before it builds the training loader, whose sampler then drops the `batches_done * batch_size` samples of the
-    interrupted epoch that were trained on: the resumed run sees exactly the batches an uninterrupted run sees.
+    resume Lightning restores it before it builds the training loader, whose sampler then drops the
+    `batches_done * batch_size` samples of the interrupted epoch that were trained on: the resumed run sees exactly
+    the batches an uninterrupted run sees.
     """
 
     def __init__(self, batch_size: int, eval_batch_size: int | None, seed: int) -> None:
