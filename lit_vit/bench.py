@@ -46,10 +46,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import ArgumentParser, Namespace
 from torch import nn
 
-from lit_vit.cli_parser import OneLineErrors
+from lit_vit.cli_parser import EpilogFormatter, OneLineErrors
 from lit_vit.errors import ConfigError
 from lit_vit.perf import count_flops, peak_flops, synchronize
 
@@ -511,9 +511,9 @@ def default_output() -> Path:
     return Path(cache) / "lit_vit" / "bench.jsonl"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help (types and defaults) that keeps the line breaks of the examples and leaves out the list of
-    every imported subclass (hundreds of nn.Modules from torch and torchvision) that it appends to --backbone."""
+class HelpFormatter(EpilogFormatter):
+    """EpilogFormatter (the examples keep their line breaks) that leaves out the list of every imported subclass
+    (hundreds of nn.Modules from torch and torchvision) that jsonargparse appends to --backbone."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         # argparse's per-option hook (ArgumentDefaultsHelpFormatter overrides it too): no public one exists

@@ -4,7 +4,6 @@ A run lives in the Trainer's `default_root_dir`: config.yaml, metrics.csv, check
 checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it.
 """
 
-import argparse
 import importlib
 import importlib.util
 import os
@@ -19,7 +18,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -29,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lit_vit import lightning_fixes  # patches a Lightning SIGTERM deadlock at import (see the module)
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicCheckpointIO, PredictionCSVWriter, RunLogger, run_checkpoints
-from lit_vit.cli_parser import LitViTParser
+from lit_vit.cli_parser import EpilogFormatter, LitViTParser
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
 
@@ -210,7 +208,7 @@ class LitViTCLI(LightningCLI):
             trainer_defaults={"default_root_dir": "runs/default", "log_every_n_steps": 10},
             parser_kwargs={
                 "epilog": EXTRA_COMMANDS_HELP,
-                "formatter_class": CommandListFormatter,
+                "formatter_class": EpilogFormatter,  # keeps EXTRA_COMMANDS_HELP's line breaks
                 **{name: {"epilog": RESUME_HELP} for name in ("fit", "validate", "test", "predict")},
             },
             args=args,
@@ -390,10 +388,6 @@ EXTRA_COMMANDS_HELP = """\
     plot                Redraw an ablation sweep's results.csv and plots from
                         its saved runs, without training.
 """
-
-
-class CommandListFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's help formatter that keeps the line breaks of the epilog (the list of EXTRA_COMMANDS)."""
 
 
 # argparse takes "-1" and "-0.5" as values but reads a negative number with an exponent ("-1e-3") as an option

@@ -1,10 +1,12 @@
 """The CLI's argument parser: jsonargparse's type errors as one `error:` line naming the option, what it accepts and
 what it got, instead of the usage text and a nested report of every type tried."""
 
+import argparse
 import re
 import sys
 from typing import Any, NoReturn
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 _KEY = re.compile(r'Parser key "([^"]+)"')
@@ -41,6 +43,11 @@ def condense(message: str) -> str:
         expected = detail.split(". Got value")[0].replace("Expected a ", "expected ")
         expected = re.sub(r"<class '([\w.]+)'>", r"\1", expected)
     return f"--{key}: {expected}; got {got!r} (see --help)" if key else f"{expected}; got {got!r} (see --help)"
+
+
+class EpilogFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help formatter (types and defaults) that keeps the line breaks of the description and epilog
+    (lists of subcommands, examples)."""
 
 
 class OneLineErrors:
