@@ -125,7 +125,9 @@ class LastCheckpoint(OnExceptionCheckpoint):
             )  # the full state (resume); saying so keeps Lightning from logging that it chose it
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        # after the epoch's last batch, on_train_epoch_end comes next at the same step and writes the later state
+        if not trainer.is_last_batch:
+            self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
