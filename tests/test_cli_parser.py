@@ -17,6 +17,13 @@ BB = "--model.init_args.backbone.init_args"
             "sincos_1d, rope_2d; got 'rope3' (see --help)",
         ),
         ("--data.init_args.batch_size=1.5", "error: --data.batch_size: expected int; got '1.5' (see --help)"),
+        ("--trainer.max_epochs=abc", "error: --trainer.max_epochs: expected int or null; got 'abc' (see --help)"),
+        (f"{BB}.img_size=x", "error: --model.backbone.img_size: expected int or tuple; got 'x' (see --help)"),
+        (
+            f"{BB}.pretrained=/nope.pth",
+            "error: --model.backbone: VisionTransformer has no option 'pretrained'; see --model.backbone.help "
+            "lit_vit.models.VisionTransformer for its options",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_type_is_one_error_line(arg, expected, capsys, tmp_path):
