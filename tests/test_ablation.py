@@ -228,12 +228,15 @@ def test_rerunning_a_finished_sweep_trains_and_overwrites_nothing(sweep, capsys)
 def test_plot_redraws_results_and_pngs_from_saved_runs(sweep, tmp_path, capsys):
     root = sweep["root"]
     results = (root / "results.csv").read_text()
-    for name in ["results.csv", *PLOTS]:
+    for name in ["results.csv", "report.md", *PLOTS]:
         (root / name).unlink()
     main(["plot", str(root)])
     assert (root / "results.csv").read_text() == results
     for name in PLOTS:
         assert (root / name).is_file()
+    report = (root / "report.md").read_text()
+    assert all(f"`{variant}`" in report for variant in ("none", "learned_1d"))
+    assert all(f"]({png.name})" in report for png in root.glob("*.png"))  # every plot there is, as an image
     assert str(root / "accuracy.png") in capsys.readouterr().out
 
 
@@ -323,7 +326,7 @@ def test_mean_attention_distance_and_rollout_on_known_attention():
 
 def test_plot_sweep_returns_the_files_it_wrote(sweep):
     written = plot_sweep(sweep["root"])
-    assert {p.name for p in written} == {"results.csv", *PLOTS}
+    assert {p.name for p in written} == {"results.csv", *PLOTS, "report.md"}
 
 
 def test_relative_bias_maps_are_indexed_by_the_key_offset_from_the_query():

@@ -11,7 +11,9 @@ rewrites `<sweep dir>/results.csv` from the finished runs and draws into the swe
   per backbone class: the shape of the ViT paper's Figure 5; drawn when the runs measured their compute
   (ThroughputLogger's train_flops, which every sweep run has) and it differs between variants;
 - pos_embed_similarity.png, attention_distance.png, attention_rollout.png: each variant's artifacts side by side
-  (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants.
+  (from its first seed); relative_bias.png: the learned bias maps per head of the relative variants;
+- report.md: the results, the paper's numbers, every plot, the variants' config differences, the machine and the
+  commands to reproduce (lit_vit/ablation/report.py).
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lit_vit.ablation.report import write_report
 from lit_vit.ablation.results import collect, mean_std, read_results, run_dir, validation_curve, write_results
 from lit_vit.callbacks.artifacts import (
     ARTIFACTS_DIR,
@@ -115,7 +118,8 @@ def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
     ax.set_ylabel("val top-1 (%)")
     ax.set_title(f"{sweep_dir.name}: validation top-1 (mean over seeds, band = min..max)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curves when the runs' metrics.csv files are gone
+        ax.legend(fontsize=8)
     return _save(fig, sweep_dir / "curves.png")
 
 
@@ -254,7 +258,7 @@ def plot_rollout(sweep_dir: Path, rows: list[dict]) -> Path | None:
 
 
 def plot_sweep(sweep_dir: str | Path) -> list[Path]:
-    """Rewrite results.csv from the finished runs and draw every plot; returns the files written."""
+    """Rewrite results.csv from the finished runs, draw every plot and write report.md; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +272,7 @@ def plot_sweep(sweep_dir: str | Path) -> list[Path]:
     written = [sweep_dir / "results.csv", plot_accuracy(sweep_dir, rows), plot_curves(sweep_dir, rows)]
     artifact_plots = (plot_compute, plot_similarity, plot_relative_bias, plot_distance, plot_rollout)  # None: not saved
     written += [p for p in (plot(sweep_dir, rows) for plot in artifact_plots) if p]
-    return written
+    return [*written, write_report(sweep_dir, rows)]  # last: it links every PNG in the folder
 
 
 def main(argv: list[str]) -> None:

@@ -163,6 +163,11 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
             "give the default_root_dir of a sweep that has finished at least one run, or run it first with "
             "python -m lit_vit fit --config <ablation yaml>"
         )
+    return parse_results(path)
+
+
+def parse_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results CSV (any file name, e.g. docs/ablation_pos_results.csv) with their numbers parsed."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -181,3 +186,67 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    """The commit of the lit_vit checkout this code runs from (with "-dirty" when it has uncommitted changes); None
+    for an installed copy outside a git checkout or without git."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what a run is trained: CPU model and cores, GPU names, torch threads, Python / torch / lightning
+    / lit_vit versions and the git commit. Call it in the process that trains (its torch thread count is the run's),
+    and store it with the run (e.g. in done.json): `plot` on another machine must not report its own machine."""
+    import os
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": version("lightning"),
+        "lit_vit": version("lit_vit"),
+        "git_commit": _git_commit(),
+    }
