@@ -439,7 +439,7 @@ def docs_table(docs: Path, args: str) -> str:
             theirs = other.get(variant, {}).get(column)
             body.append([f"`{variant}`", f"{mine:.1f}", theirs or "not measured",
                          f"{float(theirs) - mine:+.1f}" if theirs else "-"])  # fmt: skip
-        header = ["variant", f"{name} (final val top-1 %)", f"{opts['compare']} ({column})", "difference"]
+        header = ["variant", f"`{name}`: final val top-1 % (mean)", f"`{opts['compare']}`: {column}", "difference"]
         return markdown_table(header, body)
     if opts.get("paper") == "table8":  # in the docs' position-embedding CSVs the variant names are the pos_embed kinds
         return summary_table(rows, {n: _table8(n) for n in _by_variant(rows)}, "paper, Table 8 (5-shot %)")

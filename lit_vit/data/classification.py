@@ -165,8 +165,9 @@ class DigitsDataModule(ImageDataModule):
     """The embedded default: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes, grey).
 
     No network and no files: the images ship inside scikit-learn. The split is fixed (seeded with 0, stratified):
-    about 1,257 train / 270 val / 270 test. Images are upsampled (bicubic) to `img_size`; 16 with patch 4 gives a
-    4x4 grid whose patches stay aligned under the +-1 pixel pad-and-crop augmentation.
+    1,259 train / 269 val / 269 test (SPLIT_SIZES gives the proportions, rounded per class). Images are upsampled
+    (bicubic) to `img_size`; 16 with patch 4 gives a 4x4 grid whose patches stay aligned under the +-1 pixel
+    pad-and-crop augmentation.
     """
 
     SPLIT_SIZES = {"train": 1257, "val": 270, "test": 270}
