@@ -23,6 +23,12 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows, self._bad = [], []
+        classes = pl_module.hparams.get("num_classes")
+        if self.top_k < 1 or (classes is not None and self.top_k > classes):
+            raise ConfigError(
+                f"--predict_top_k {self.top_k}: the model has {classes} classes, so give 1 to {classes} "
+                f"(e.g. --predict_top_k {min(5, classes or 5)})"
+            )
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         names = pl_module.hparams.get("class_names") or [str(i) for i in range(prediction["probs"].shape[-1])]

@@ -3,17 +3,19 @@
 A fit keeps `<run dir>/checkpoints/best.ckpt` and `last.ckpt` with Lightning's own callbacks where they do the job
 (`run_checkpoints`): a `ModelCheckpoint` for best.ckpt, a `ModelCheckpoint(save_last=True, every_n_train_steps=N)`
 for the periodic last.ckpt (`PeriodicLastCheckpoint`, which only leaves its empty state out of the checkpoint), and
-`LastCheckpoint`, an `OnExceptionCheckpoint` for what Lightning's callbacks lack (see its docstring). Every checkpoint
+`LastCheckpoint` for what Lightning's callbacks lack (see its docstring). Every checkpoint
 goes through `AtomicCheckpointIO`, given to the Trainer as a plugin.
 """
 
 import csv
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins import TorchCheckpointIO
@@ -72,8 +74,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException as err:
+            written = tmp.stat().st_size if tmp.is_file() else 0
+            tmp.unlink(missing_ok=True)  # never leave a partial file; the previous checkpoint at `path` is intact
+            if isinstance(err, OSError) or not isinstance(err, RuntimeError) or "write" not in str(err):
+                raise
+            # torch's archive writer reports a failed write as a RuntimeError without the OS error: a full disk is
+            # the usual cause, said as such when the folder has no room left for what was being written
+            free = shutil.disk_usage(path.parent).free
+            if free > max(written, 1 << 20):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
 
 
 class PeriodicLastCheckpoint(ModelCheckpoint):
@@ -95,7 +109,7 @@ class PeriodicLastCheckpoint(ModelCheckpoint):
         return {}  # Lightning stores no entry for a callback whose state is empty
 
 
-class LastCheckpoint(OnExceptionCheckpoint):
+class LastCheckpoint(Checkpoint):
     """Writes `<dirpath>/last.ckpt` where Lightning's ModelCheckpoint does not: after every validation and training
     epoch of a fit, at its end, and when it is interrupted (Ctrl-C, SIGTERM, an unreadable training image) in a single
     process, so that `--ckpt_path last` continues from where the run stopped. On resume it drops the metrics.csv rows
@@ -112,11 +126,16 @@ class LastCheckpoint(OnExceptionCheckpoint):
       a step, and in a multi-process run the other ranks may be gone (the save would wait for them forever): the
       periodic last.ckpt is kept there.
     - OnExceptionCheckpoint deletes its file at teardown (after a run that did not fail, and after validate / test /
-      predict); here the file is the run's last.ckpt, which stays.
+      predict); here the file is the run's last.ckpt, which stays (a plain Checkpoint deletes nothing).
     """
 
+    # A Checkpoint, not an OnExceptionCheckpoint (whose behaviour it overrides anyway): a Trainer holding an
+    # OnExceptionCheckpoint turns every fit(ckpt_path=None) into ckpt_path="last" and warns twice about it (".fit(
+    # ckpt_path=None) was called without a model", "no last checkpoint available"); lit_vit resolves --ckpt_path itself.
     def __init__(self, dirpath: str | Path) -> None:
-        super().__init__(dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST)
+        super().__init__()
+        self.dirpath = dirpath
+        self.ckpt_path = os.path.join(dirpath, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
 
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0:
@@ -138,9 +157,6 @@ class LastCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.world_size == 1 and isinstance(exception, KeyboardInterrupt | SystemExit | BadImageError):
             self._save(trainer)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pass  # keep last.ckpt (OnExceptionCheckpoint removes its file here)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # checkpoints of earlier lit_vit versions hold best.ckpt's callback state under the name of the ModelCheckpoint

@@ -5,11 +5,13 @@ The order of an epoch is a function of (seed, epoch) and every sample's augmenta
 mid-epoch sees the rest of the same epoch (`ResumableDataModule`).
 """
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -68,6 +70,22 @@ class ResumableDataLoader(DataLoader):
             )
 
 
+def ignore_sigint_in_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C reaches every process of the terminal's group; a worker leaves it to the main
+    process (which stops at the next step boundary and shuts the workers down) instead of dying under the epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _own_rng(seed: int, loader_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A DataLoader draws its workers' base seed at every `iter()`; with a generator of its own that draw leaves the
+    global torch generator alone (so a resumed run's random states equal an uninterrupted run's, see
+    lit_vit.callbacks.resume), and its workers ignore Ctrl-C."""
+    loader_kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
+    if loader_kwargs.get("num_workers", 0) > 0:
+        loader_kwargs.setdefault("worker_init_fn", ignore_sigint_in_worker)
+    return loader_kwargs
+
+
 class ResumableDataModule(L.LightningDataModule):
     """Base of the classification and image-text DataModules: seeded loaders and exact mid-epoch resume.
 
@@ -118,10 +136,12 @@ class ResumableDataModule(L.LightningDataModule):
             sampler.set_epoch(resume["epoch"])
             sampler.skip_once(resume["batches_done"] * self.batch_size)
         return ResumableDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **loader_kwargs
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **_own_rng(self.seed, loader_kwargs)
         )
 
     def eval_loader(self, dataset: Dataset, **loader_kwargs: Any) -> DataLoader:
         """A loader in dataset order, sharded over processes, of `eval_batch_size`."""
         sampler = SeededSampler(dataset, shuffle=False, seed=self.seed, with_seeds=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **loader_kwargs)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=sampler, **_own_rng(self.seed, loader_kwargs)
+        )

@@ -3,6 +3,7 @@
 import math
 import os
 from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.errors import ConfigError
+from lit_vit.models.weights.io import read_weights_file
 from lit_vit.modules.layer_decay import layer_decay_lrs
 from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
 
@@ -45,6 +47,40 @@ def split_by_lr(groups: list[dict], own_lr: dict[int, float]) -> list[dict]:
             params = [p for p in g["params"] if own_lr.get(id(p)) == lr]
             out.append({**g, "params": params, **({} if lr is None else {"lr": lr})})
     return out
+
+
+# Backbone options that are the architecture: weights trained with other values cannot be loaded (img_size and the
+# head may change when fine-tuning; regularisation is not part of the weights).
+ARCHITECTURE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "in_chans", "pos_embed", "pool",
+                     "class_token", "qkv_bias", "layers", "tokens_type", "variant")  # fmt: skip
+
+
+def _describe_backbone(config: Any) -> tuple[str, dict[str, Any]]:
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    config = dict(config or {})
+    name = str(config.get("class_path", "?")).rsplit(".", 1)[-1]
+    return name, {k: v for k, v in dict(config.get("init_args") or {}).items() if k in ARCHITECTURE_KEYS}
+
+
+def architecture_difference(pretrained: str, backbone: Any) -> tuple[str, str] | None:
+    """(the checkpoint's architecture, this model's) when `pretrained` is a lit_vit checkpoint whose backbone differs
+    from `backbone` (the module's backbone config) in an ARCHITECTURE_KEYS option or class; else None."""
+    try:
+        hparams = read_weights_file(pretrained).get("hyper_parameters") or {}
+    except ConfigError:
+        return None
+    if not isinstance(hparams, dict) or not hparams.get("backbone"):
+        return None
+    (theirs, t), (mine, m) = _describe_backbone(hparams["backbone"]), _describe_backbone(backbone)
+    differ = sorted(k for k in set(t) & set(m) if t[k] != m[k])
+    if theirs == mine and not differ:
+        return None
+    keys = differ or sorted(set(t) & set(m))
+    return (
+        f"{theirs}({', '.join(f'{k}={t[k]!r}' for k in keys)})",
+        f"{mine}({', '.join(f'{k}={m[k]!r}' for k in keys)})",
+    )
 
 
 class ImageClassifier(L.LightningModule):
@@ -192,7 +228,17 @@ class ImageClassifier(L.LightningModule):
         if stage == "fit" and self.hparams.pretrained and self.trainer.ckpt_path is None:
             if not hasattr(self.backbone, "load_pretrained"):
                 raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
-            skipped = self.backbone.load_pretrained(self.hparams.pretrained)
+            try:
+                skipped = self.backbone.load_pretrained(self.hparams.pretrained)
+            except (ConfigError, RuntimeError) as err:
+                other = architecture_difference(self.hparams.pretrained, self.hparams.backbone)
+                if other is None:
+                    raise
+                raise ConfigError(
+                    f"--model.init_args.pretrained {self.hparams.pretrained} was trained as {other[0]} and this model "
+                    f"is {other[1]}: its weights do not fit. Build the backbone as in the checkpoint (its run's "
+                    "config.yaml), changing only img_size / num_classes / regularisation for fine-tuning"
+                ) from err
             rank_zero_info(
                 f"pretrained: loaded {self.hparams.pretrained} into the backbone; "
                 + (
