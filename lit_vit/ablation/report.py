@@ -109,8 +109,12 @@ def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def _tflops(group: list[dict]) -> str:
+    """Measured training compute in TFLOPs, with enough decimals for tiny runs."""
     values = [r.get("train_flops") for r in group]
-    return "-" if None in values else _num([v / 1e12 for v in values], 3)
+    if None in values:
+        return "-"
+    digits = 3 if max(values) >= 1e10 else 6
+    return _num([v / 1e12 for v in values], digits)
 
 
 def _has_flops(rows: list[dict]) -> bool:
@@ -285,8 +289,8 @@ def _machines(done: list[dict]) -> str:
         groups.setdefault(key, (machine, []))[1].append(label)
     if not groups:
         return (
-            "Not recorded: these runs' done.json files hold no `machine` entry (runs trained before lit_vit stored "
-            "it). The machine that ran `plot` is not reported, as it need not be the one that trained."
+            "Not recorded: these runs' done.json files hold no `machine` entry. The machine that ran `plot` is not "
+            "reported, as it need not be the one that trained."
         )
     header = ["runs", "CPU (cores)", "GPUs", "torch threads", "Python", "torch", "lightning", "lit_vit", "git commit"]
     body = []
@@ -334,12 +338,13 @@ def report_text(sweep_dir: str | Path, rows: list[dict] | None = None) -> str:
     unfinished = [f"`{v}` seed {s}" for v, s in expected if (v, s) not in finished]
 
     out = [f"# Ablation sweep `{sweep_dir.name}`", ""]
+    status = f"{len(finished)} of {len(expected) or len(finished)} runs finished"
+    status += f" (not finished: {', '.join(unfinished)})." if unfinished else "."
     out.append(
-        f"{len(variants)} variants x {len(seeds)} seeds {seeds}: {len(finished)} of {len(expected) or len(finished)} "
-        "runs finished" + (f" (not finished: {', '.join(unfinished)})." if unfinished else ".")
-        + " Each run is an ordinary lit_vit run in `<variant>/seed=<n>/`; numbers are from `results.csv`, mean +- "
-        "std over the finished seeds. Written by lit_vit with the plots; `python -m lit_vit plot` redraws it."
-    )  # fmt: skip
+        f"{len(variants)} variant(s) x {len(seeds)} seed(s) {seeds}: {status} Each run is an ordinary lit_vit run in "
+        "`<variant>/seed=<n>/`; numbers are from `results.csv`, mean +- std over the finished seeds. Written by "
+        "lit_vit with the plots; `python -m lit_vit plot` redraws it."
+    )
     kind = paper_ablation(base, variants) if variants and config else None
     reference = paper_reference(kind, base, variants) if kind else None
     out += ["", "## Results", ""]
