@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -245,13 +246,10 @@ class LitViTCLI(LightningCLI):
             "--ablation",
             type=Ablation | None,
             default=None,
-            help="a sweep for fit: variants (name + config overrides) x seeds, each an ordinary run in "
-            "<default_root_dir>/<variant>/seed=<n>/; see lit_vit/ablation and experiments/ablation_pos.yaml",
+            help="an ablation sweep (run by `python -m lit_vit sweep`, or by fit when the config has one): variants "
+            "(name + config overrides) x seeds, each an ordinary run in <default_root_dir>/<variant>/seed=<n>/; see "
+            "lit_vit/ablation and experiments/ablation_pos.yaml",
         )
-
-    @property
-    def sweeping(self) -> bool:
-        return self.subcommand == "fit" and self.config["fit"].get("ablation") is not None
 
     @property
     def run_dir(self) -> Path:
@@ -286,7 +284,8 @@ class LitViTCLI(LightningCLI):
         self.keep_on_resume = {k: v for k, v in flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
+        # run=False (the sweep's LitViTCLI): the config is a fit config, not nested under a subcommand
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in self.keep_on_resume.items():  # see parse_arguments
             cfg[key] = value
         threads = cfg.get("num_threads")
@@ -297,12 +296,17 @@ class LitViTCLI(LightningCLI):
                     "PyTorch's choice)"
                 )
             torch.set_num_threads(threads)
-        if self.subcommand != "fit" and cfg.get("ablation") is not None:
+        if self.subcommand not in ("fit", None) and cfg.get("ablation") is not None:
             raise ConfigError(
                 f"{self.subcommand} does not run ablation sweeps; give the config of one run instead: "
                 "--config <sweep dir>/<variant>/seed=<n>/config.yaml"
             )
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and cfg.get("ablation") is not None:  # main() sends configs it sees to the sweep
+            raise ConfigError(
+                "this config has an ablation: section, which fit could not tell from the command line; run the sweep "
+                "with python -m lit_vit sweep <the same options>"
+            )
+        if self.subcommand in ("fit", None):
             check_training_length(cfg.trainer)
             if cfg.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
                 raise ConfigError(
@@ -362,27 +366,19 @@ class LitViTCLI(LightningCLI):
         kwargs["callbacks"] = callbacks + self.extra_callbacks
         return super().instantiate_trainer(**kwargs)
 
-    def instantiate_classes(self) -> None:
-        if not self.sweeping:  # a sweep builds its runs' classes itself
-            super().instantiate_classes()
-
-    # private: LightningCLI has no public hook that replaces what a subcommand runs: it looks up
-    # `self.trainer.<subcommand>` before it calls a `fit` method of the CLI class or its before_fit / after_fit hooks,
-    # and a sweep has no Trainer of its own (each of its runs builds one)
-    def _run_subcommand(self, subcommand: str) -> None:
-        if self.sweeping:
-            from lit_vit.ablation.sweep import run_sweep
-
-            run_sweep(self)
-        else:
-            super()._run_subcommand(subcommand)
-
 
 # Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
-EXTRA_COMMANDS: dict[str, str] = {"bench": "lit_vit.bench:main", "plot": "lit_vit.ablation.plots:main"}
+EXTRA_COMMANDS: dict[str, str] = {
+    "sweep": "lit_vit.ablation.sweep:main",
+    "bench": "lit_vit.bench:main",
+    "plot": "lit_vit.ablation.plots:main",
+}
 # `python -m lit_vit --help` lists them below fit / validate / test / predict, in the same layout
 EXTRA_COMMANDS_HELP = """\
   More subcommands (python -m lit_vit <subcommand> --help for their options):
+    sweep               Run an ablation (a config with an ablation: section):
+                        every variant x seed as an ordinary run; fit --config
+                        of such a file runs it too.
     bench               Time training and inference steps of a backbone against
                         timm's ViT (FLOPs, MFU), and the data loader.
     plot                Redraw an ablation sweep's results.csv and plots from
@@ -392,6 +388,27 @@ EXTRA_COMMANDS_HELP = """\
 
 # argparse takes "-1" and "-0.5" as values but reads a negative number with an exponent ("-1e-3") as an option
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def asks_for_sweep(argv: list[str]) -> bool:
+    """Whether fit's options set an ablation: a --config file with a top-level `ablation:` entry, or --ablation options
+    on the command line (the last word wins: `--ablation null` after a sweep's config trains its base config once)."""
+    sweep = False
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("--config", "-c"):
+            path = Path(value or (argv[i + 1] if i + 1 < len(argv) else ""))
+            if path.is_file():
+                try:
+                    loaded = yaml.safe_load(path.read_text())
+                except (yaml.YAMLError, UnicodeDecodeError):
+                    continue  # the parser reports it
+                if isinstance(loaded, dict) and "ablation" in loaded:
+                    sweep = loaded["ablation"] is not None
+        elif name == "--ablation" or name.startswith("--ablation."):
+            value = value if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            sweep = name != "--ablation" or value.strip().lower() not in ("null", "none", "")
+    return sweep
 
 
 def check_negative_numbers(argv: list[str]) -> None:
@@ -412,6 +429,8 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         check_negative_numbers(argv)
+        if argv and argv[0] == "fit" and asks_for_sweep(argv[1:]):
+            argv = ["sweep", *argv[1:]]  # the sweep's own command: a sweep has no Trainer to fit
         if argv and argv[0] in EXTRA_COMMANDS:
             module, func = EXTRA_COMMANDS[argv[0]].split(":")
             getattr(importlib.import_module(module), func)(argv[1:])

@@ -10,14 +10,18 @@ the launcher's child processes, which is what the replacement below does. Lightn
 handler, hence the private names; the patch is skipped when the handler no longer broadcasts.
 
 The tested range (`TESTED_LIGHTNING`, the same as pyproject.toml's, which a test checks): lit_vit relies on a few
-private Lightning names where no public API exists (this handler, the CSV writer's `_check_log_dir_exists`,
-`LightningCLI._run_subcommand`); a release outside the range may rename them and, e.g., delete a resumed run's
-metrics.csv, so the CLI stops at its start (`check_lightning_version`) unless told to go on.
+private Lightning names where no public API exists (this handler, the CSV writer's `_check_log_dir_exists`); a
+release outside the range may rename them and, e.g., delete a resumed run's metrics.csv, so the CLI stops at its start
+(`check_lightning_version`) unless told to go on.
+
+Two messages that do not apply to a lit_vit run are dropped where they come from, each by its exact text (see
+`quiet_lightning_noise`): a tip advertising a cloud logger, and a torch deprecation warning about Lightning's own code.
 """
 
 import inspect
 import logging
 import os
+import warnings
 
 import lightning
 from lightning.pytorch.trainer.connectors import signal_connector
@@ -51,6 +55,32 @@ def apply() -> bool:
 
 
 PATCHED = apply()
+
+
+class _DropCloudLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(CLOUD_LOGGER_TIP)
+
+
+# Lightning 2.6 logs this tip at INFO level for every Trainer whose loggers include no LitLogger (logger_connector.
+# configure_logger), with no option to turn it off; lit_vit's runs log to metrics.csv by design.
+CLOUD_LOGGER_TIP = "💡 Tip: For seamless cloud logging and experiment tracking"
+# torch >= 2.10 deprecates constructing LeafSpec, which Lightning 2.6's own lightning/pytorch/utilities/_pytree.py does
+# at every fit (its _tree_flatten); nothing in a lit_vit config can avoid it. Matched on its exact text and module.
+PYTREE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+def quiet_lightning_noise() -> None:
+    """Drop the two messages above, and nothing else (idempotent)."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropCloudLoggerTip) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropCloudLoggerTip())
+    warnings.filterwarnings(
+        "ignore", message=PYTREE_WARNING, category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree"
+    )
+
+
+quiet_lightning_noise()
 
 
 # The lightning releases lit_vit is tested with: pyproject.toml's dependency specifier (tests/test_lightning_bounds.py

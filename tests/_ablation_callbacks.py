@@ -1,6 +1,7 @@
 """Callbacks the ablation tests inject through trainer.callbacks (importable: pytest puts tests/ on sys.path)."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -42,3 +43,16 @@ class SlowSteps(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if Path(trainer.default_root_dir).as_posix().endswith(self.run):
             time.sleep(self.seconds)
+
+
+class RemoveRunFolder(Callback):
+    """Deletes the folder of the run whose folder ends with `run` after its training step `step` (a user's `rm -rf`
+    while the sweep trains it)."""
+
+    def __init__(self, run: str, step: int) -> None:
+        self.run, self.step = run, step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        here = Path(trainer.default_root_dir)
+        if here.as_posix().endswith(self.run) and trainer.global_step == self.step and here.is_dir():
+            shutil.rmtree(here)

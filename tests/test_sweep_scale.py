@@ -81,8 +81,8 @@ def test_a_rerun_with_another_config_is_refused_and_new_seeds_only_add_runs(tmp_
 
 
 def trained_labels(text: str) -> list[str]:
-    """The runs a sweep process trained, from its console output ("run i/n <variant> seed=<s> (new ..." lines)."""
-    return re.findall(r"run \d+/\d+ (\S+ seed=\d+) \((?:new|resuming)", text)
+    """The runs a sweep process trained, from its console output ("run i/n <variant> seed=<s>: started ..." lines)."""
+    return re.findall(r"run \d+/\d+ (\S+ seed=\d+): started", text)
 
 
 def four_run_sweep(tmp_path, **trainer) -> tuple:
@@ -241,7 +241,7 @@ def test_a_ddp_sweep_stopped_by_sigterm_resumes_with_the_same_command(tmp_path):
     stopped_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "none seed=0 (resuming from last.ckpt" in proc.stderr
+    assert re.search(r"none seed=0: started on .* \(resuming at epoch", proc.stderr), proc.stderr[-3000:]
     done = json.loads((root / "none" / "seed=0" / "done.json").read_text())
     assert done["steps"] == 156 and 0 < stopped_at < 156  # 2 epochs x 78 steps, the first part before the stop
     assert len(read_results(root)) == 2

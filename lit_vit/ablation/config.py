@@ -33,14 +33,18 @@ class Ablation:
         variants: the variants, each a name and its config overrides.
         seeds: seeds of each variant's runs (seed_everything, and the data order / augmentation seed when the data
             module has one).
-        workers: runs trained at once on this machine, each by its own process (`python -m lit_vit fit --config
+        workers: runs trained at once on this machine, each by its own process (`python -m lit_vit sweep --config
             <sweep dir>/sweep.yaml --ablation.workers 1`) that claims runs one at a time; on CPU each worker gets
             cpu_count / workers torch threads (or num_threads), on GPUs its own slice of the visible devices.
+        quiet: print no progress (on a terminal a live view of every run, otherwise one line per event: a run
+            started, every few epochs, done with its numbers, failed with its error); the final table is printed
+            either way.
     """
 
     variants: list[Variant]
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1
+    quiet: bool = False
 
     def __post_init__(self) -> None:
         self.variants = [v if isinstance(v, Variant) else Variant(**dict(v)) for v in self.variants]
@@ -79,4 +83,5 @@ class Ablation:
             variants=[Variant(**dict(v)) for v in data["variants"]],
             seeds=list(data.get("seeds") or [0]),
             workers=data.get("workers", 1),
+            quiet=bool(data.get("quiet", False)),
         )

@@ -145,13 +145,25 @@ class FewShotEval(Callback):
         self._last_step: int | None = None
         self.results: dict[int, float] = {}
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
-        if stage == "fit" and not (hasattr(dm, "build_split") and hasattr(dm, "transforms")):
+    @staticmethod
+    def _check_datamodule(dm) -> None:
+        if not (hasattr(dm, "build_split") and hasattr(dm, "transforms")):
             raise ConfigError(
                 f"FewShotEval needs a lit_vit image DataModule (build_split / transforms), got {type(dm).__name__}; "
                 "remove the FewShotEval callback for this data"
             )
+
+    def check(self, datamodule: L.LightningDataModule) -> None:
+        """Refuses options the data cannot serve (another kind of DataModule, more shots than some class has train
+        images) before any training: an ablation sweep calls it for every variant before its first run starts."""
+        self._check_datamodule(datamodule)
+        train = datamodule.build_split("train", datamodule.transforms(train=False))
+        draw_kshot(torch.as_tensor(train.targets), datamodule.num_classes, self.shots[-1], torch.Generator())
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if stage == "fit":
+            self._check_datamodule(dm)
         backbone = pl_module.backbone
         if not (hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head")):
             raise ConfigError(
