@@ -6,12 +6,10 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 
 import importlib
 import importlib.util
-import os
 import pickle
 import re
 import signal
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,23 +19,37 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_vit import lightning_fixes  # patches a Lightning SIGTERM deadlock at import (see the module)
 from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import AtomicCheckpointIO, PredictionCSVWriter, RunLogger, run_checkpoints
+from lit_vit.callbacks.resume import ExactResume, stopped_by
 from lit_vit.cli_parser import EpilogFormatter, LitViTParser
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
+from lit_vit.run_folder import (
+    disk_error,
+    disk_error_message,
+    hold_run_folder,
+    is_primary_process,
+    new_evaluation_dir,
+    own_folder_of_config,
+    release_folders,
+)
 
 
 class FitConfigSaver(SaveConfigCallback):
-    """Saves config.yaml for `fit` only: validate / test / predict must not overwrite the training config."""
+    """Saves config.yaml for `fit` only: validate / test / predict must not overwrite the training config.
+
+    config.yaml is a recipe, not a pointer: it never stores `ckpt_path` (a resumed run's config would otherwise send
+    every later `test --config` or rerun to that checkpoint, of this folder or of the one it was copied from)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
+            self.config = self.config.clone()
+            self.config.ckpt_path = None
             super().setup(trainer, pl_module, stage)
 
 
@@ -93,7 +105,7 @@ def _is_nonempty_dir(path: Path) -> bool:
 def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
     """'last' / 'best' mean this run's checkpoints. A fit writes only into an empty folder or the run it resumes;
     validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights."""
-    primary = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    primary = is_primary_process()
     own = run_dir / "checkpoints"
     if ckpt_path is None and subcommand != "fit":
         if not (own / "best.ckpt").is_file():
@@ -267,6 +279,10 @@ class LitViTCLI(LightningCLI):
         cfg = self.config[subcommand] if subcommand else None
         if cfg is None or "ckpt_path" not in cfg or cfg.get("ablation") is not None:
             return
+        if args is None or isinstance(args, list | tuple):  # a command line (a dict of values names no config file)
+            self._read_config_as_recipe(subcommand, cfg, sys.argv[1:] if args is None else list(args))
+        if subcommand == "fit" and is_primary_process():
+            hold_run_folder(self.run_dir)  # one writer per run folder, claimed before anything is written
         cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
         if cfg.ckpt_path is None:
             return
@@ -282,6 +298,29 @@ class LitViTCLI(LightningCLI):
                 "folder without --ckpt_path (e.g. with --model.init_args.pretrained for the weights)"
             )
         self.keep_on_resume = {k: v for k, v in flatten(cfg.model, "model").items() if k in RESUME_MAY_CHANGE}
+
+    def _read_config_as_recipe(self, subcommand: str, cfg: Any, argv: list[str]) -> None:
+        """A run's config.yaml is a recipe of its own folder: its files are the ones a command on it uses (also when
+        the folder was copied or moved), and a checkpoint is named only on the command line."""
+        given = [a for a in argv if a == "--ckpt_path" or a.startswith("--ckpt_path=")]
+        if cfg.ckpt_path is not None and not given and cfg.get("config"):  # (a program's dict args name it: kept)
+            # written by lit_vit before config.yaml stopped storing it (or by hand): obeying it would evaluate or
+            # resume a checkpoint nobody named on this command line
+            print(
+                f"{subcommand}: ignoring ckpt_path {cfg.ckpt_path} found in the config file (a config is a recipe); "
+                "give --ckpt_path on the command line to resume or evaluate a checkpoint",
+                file=sys.stderr,
+            )
+            cfg.ckpt_path = None
+        folder = own_folder_of_config(cfg.get("config"), cfg.trainer.get("default_root_dir"), argv)
+        if folder is not None:
+            if is_primary_process():
+                print(
+                    f"{subcommand}: using the run folder of {folder / 'config.yaml'}: {folder} (the config names "
+                    f"{cfg.trainer.get('default_root_dir')}; set --trainer.default_root_dir to choose another)",
+                    file=sys.stderr,
+                )
+            cfg.trainer.default_root_dir = str(folder)
 
     def before_instantiate_classes(self) -> None:
         # run=False (the sweep's LitViTCLI): the config is a fit config, not nested under a subcommand
@@ -322,6 +361,11 @@ class LitViTCLI(LightningCLI):
                 )
             if cfg.get("tensorboard") and cfg.trainer.get("logger") is False:
                 raise ConfigError("--tensorboard true with --trainer.logger false: remove one of them")
+        if self.subcommand == "predict" and cfg.get("predict_top_k") is not None and cfg.predict_top_k < 1:
+            raise ConfigError(
+                f"--predict_top_k must be 1 or more (at most the number of classes), got {cfg.predict_top_k}; e.g. "
+                "--predict_top_k 5"
+            )
         if cfg.get("checkpoint_every_n_steps") is not None and cfg.checkpoint_every_n_steps < 0:
             raise ConfigError(
                 f"--checkpoint_every_n_steps must be 0 (only at validation and epoch ends) or more, got "
@@ -348,6 +392,8 @@ class LitViTCLI(LightningCLI):
             kwargs["logger"] = [RunLogger(str(root)), *extra]
             if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit" and not any(isinstance(c, ExactResume) for c in callbacks):
+            callbacks.append(ExactResume())  # random states, unfinished-epoch metric sums, Ctrl-C at a step boundary
         if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
             monitor, mode = getattr(self.model, "monitor", ("val/acc1", "max"))
             callbacks += run_checkpoints(root / "checkpoints", monitor, mode, cfg.checkpoint_every_n_steps)
@@ -357,10 +403,9 @@ class LitViTCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand != "fit" and trainer_cfg.get("logger") in (None, True):
-            # evaluations never touch the training metrics.csv: one folder per evaluation, beside it
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = f"{self.subcommand}-{Path(cfg.ckpt_path).stem}-{stamp}"
-            kwargs["logger"] = CSVLogger(str(root / "evaluations"), name="", version=name)
+            # evaluations never touch the training metrics.csv: one new folder per evaluation, beside it
+            name = new_evaluation_dir(root, self.subcommand, cfg.ckpt_path, is_primary_process())
+            kwargs["logger"] = RunLogger(str(root / "evaluations" / name))
         if self.subcommand == "predict":
             callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
         kwargs["callbacks"] = callbacks + self.extra_callbacks
@@ -428,31 +473,48 @@ def check_negative_numbers(argv: list[str]) -> None:
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        check_negative_numbers(argv)
-        if argv and argv[0] == "fit" and asks_for_sweep(argv[1:]):
-            argv = ["sweep", *argv[1:]]  # the sweep's own command: a sweep has no Trainer to fit
-        if argv and argv[0] in EXTRA_COMMANDS:
-            module, func = EXTRA_COMMANDS[argv[0]].split(":")
-            getattr(importlib.import_module(module), func)(argv[1:])
-        else:
-            LitViTCLI(args=args)
-    except SIGTERMException:
-        # Lightning ends a fit stopped by SIGTERM with SystemExit(None), i.e. exit status 0, so a scheduler or a
-        # `fit && test` script would take the run for finished. last.ckpt was written (LastCheckpoint.on_exception).
-        print(
-            "interrupted by SIGTERM: last.ckpt is saved; run the same command with --ckpt_path last to resume "
-            "(an ablation sweep resumes with the same command)",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signal.SIGTERM)  # what a shell reports for a process ended by SIGTERM
-    except (ConfigError, ValueError, MisconfigurationException) as err:
-        config_error = _config_error(err)
-        if config_error is None and isinstance(err, MisconfigurationException):
-            config_error = err  # Lightning's own check of a trainer option: its message names the option
-        if config_error is None:
-            raise
-        print(f"error: {user_message(config_error)}", file=sys.stderr)
-        sys.exit(2)
+        try:
+            check_negative_numbers(argv)
+            if argv and argv[0] == "fit" and asks_for_sweep(argv[1:]):
+                argv = ["sweep", *argv[1:]]  # the sweep's own command: a sweep has no Trainer to fit
+            if argv and argv[0] in EXTRA_COMMANDS:
+                module, func = EXTRA_COMMANDS[argv[0]].split(":")
+                getattr(importlib.import_module(module), func)(argv[1:])
+            else:
+                LitViTCLI(args=args)
+        except SIGTERMException:
+            # Lightning ends a fit stopped by SIGTERM with SystemExit(None), i.e. exit status 0, so a scheduler or a
+            # `fit && test` script would take the run for finished. last.ckpt was written (LastCheckpoint.on_exception).
+            if stopped_by["signal"] == signal.SIGINT:  # Ctrl-C, turned into the same stop at a step boundary
+                print(
+                    "interrupted (Ctrl-C): last.ckpt is saved; run the same command with --ckpt_path last to resume "
+                    "(an ablation sweep resumes with the same command)",
+                    file=sys.stderr,
+                )
+                sys.exit(128 + signal.SIGINT)
+            print(
+                "interrupted by SIGTERM: last.ckpt is saved; run the same command with --ckpt_path last to resume "
+                "(an ablation sweep resumes with the same command)",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signal.SIGTERM)  # what a shell reports for a process ended by SIGTERM
+        except OSError as err:
+            full = disk_error(err)
+            if full is None:
+                raise
+            print(f"error: {disk_error_message(full)}", file=sys.stderr)
+            sys.exit(2)
+        except (ConfigError, ValueError, MisconfigurationException) as err:
+            config_error = _config_error(err)
+            if config_error is None and isinstance(err, MisconfigurationException):
+                config_error = err  # Lightning's own check of a trainer option: its message names the option
+            if config_error is None:
+                raise
+            print(f"error: {user_message(config_error)}", file=sys.stderr)
+            sys.exit(2)
+
+    finally:
+        release_folders()  # the run-folder claims of this command's fits
 
 
 def _config_error(err: BaseException | None) -> ConfigError | None:
