@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vit.ablation.claims import CLAIM_FILE, Claim, try_claim
 from lit_vit.ablation.plan import Run
-from lit_vit.ablation.results import collect, summarise_run, write_done, write_results
+from lit_vit.ablation.results import collect, machine_info, summarise_run, write_done, write_results
 from lit_vit.callbacks.progress import RunProgress, read_progress, write_progress
 from lit_vit.callbacks.resume import stopped_by
 from lit_vit.callbacks.throughput import ThroughputLogger
@@ -126,6 +126,7 @@ def train_run(run: Run, state: str, primary: bool = True, removed=lambda: False)
         train_images_per_s=round(speed.images_per_second, 1),
         wall_s=round(speed.wall_seconds, 1),
         overrides=run.variant.overrides,
+        machine=machine_info(),  # where it trained: report.md names it, also when `plot` runs elsewhere
     )
     write_done(run.dir, row)
     write_progress(run.dir, state="done")
