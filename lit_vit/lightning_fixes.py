@@ -65,8 +65,8 @@ class _DropCloudLoggerTip(logging.Filter):
 # Lightning 2.6 logs this tip at INFO level for every Trainer whose loggers include no LitLogger (logger_connector.
 # configure_logger), with no option to turn it off; lit_vit's runs log to metrics.csv by design.
 CLOUD_LOGGER_TIP = "💡 Tip: For seamless cloud logging and experiment tracking"
-# torch >= 2.10 deprecates constructing LeafSpec, which Lightning 2.6's own lightning/pytorch/utilities/_pytree.py does
-# at every fit (its _tree_flatten); nothing in a lit_vit config can avoid it. Matched on its exact text and module.
+# torch (2.14 here) deprecates constructing LeafSpec, which Lightning 2.6's own lightning/pytorch/utilities/_pytree.py
+# does at every fit (its _tree_flatten); nothing in a lit_vit config can avoid it. Matched on its exact text and module.
 PYTREE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 

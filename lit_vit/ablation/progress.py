@@ -8,6 +8,7 @@ epochs, done with its numbers, failed with its error), so a log file tells the s
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ class Status:
     resumed: int = 0
     done: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    mine: bool = True  # trained by this sweep's processes (else by another sweep process on the folder)
 
 
 class SweepProgress:
@@ -79,7 +81,7 @@ class SweepProgress:
 
     def where(self, pid: Any, host: Any = None) -> str | None:
         """'worker i' / 'this process' for this sweep's processes, else None."""
-        if host not in (None, os.uname().nodename) or not isinstance(pid, int) or pid not in self.mine:
+        if host not in (None, socket.gethostname()) or not isinstance(pid, int) or pid not in self.mine:
             return None
         return "this process" if self.mine[pid] is None else f"worker {self.mine[pid]}"
 
@@ -95,6 +97,7 @@ class SweepProgress:
             acc1=progress.get("val_acc1"),
             started=progress.get("started"),
             resumed=progress.get("resumed") or 0,
+            mine=where is not None or not progress,
         )
         if done is not None:
             return Status("done", **attempt | {"epoch": done.get("epochs")}, elapsed=done.get("wall_s"), done=done)
@@ -106,7 +109,8 @@ class SweepProgress:
         claim = read_claim(run.dir)
         if claim and _alive(claim.get("pid")):
             mine = self.where(claim.get("pid"), claim.get("host"))
-            return Status("starting" if mine else "elsewhere", where=mine or f"{claim.get('host')}:{claim.get('pid')}")
+            holder = mine or f"{claim.get('host')}:{claim.get('pid')}"
+            return Status("starting" if mine else "elsewhere", where=holder, mine=mine is not None)
         resume = (run.dir / "checkpoints" / "last.ckpt").is_file()
         return Status("queued", where="resumes from last.ckpt" if resume else "")
 
@@ -126,7 +130,7 @@ class SweepProgress:
         label = self.runs[i].label
         if label in self.finished_before or s.state in ("queued", "starting"):
             return
-        if s.state == "elsewhere":
+        if s.state == "elsewhere" or not s.mine:
             if self._once((label, "elsewhere")):
                 self._line(i, f"trained by {s.where}")
             return

@@ -6,8 +6,10 @@ claims (one process per run) a run is trained only under its claim (lit_vit.abla
 processes (workers, hosts) can share the folder; under DDP every rank trains every run and rank 0 writes.
 """
 
+import os
 import shutil
 import signal
+import socket
 import sys
 import warnings
 from functools import partial
@@ -77,7 +79,7 @@ def train_runs(runs: list[Run], states: list[str], primary: bool, claims: bool) 
             if primary:  # what Lightning recreated is a partial run: cleared, so the rerun does not resume it
                 shutil.rmtree(run.dir, ignore_errors=True)
                 run.dir.mkdir(parents=True, exist_ok=True)  # the failure is reported where every reader looks
-                write_progress(run.dir, state="failed", error=reason)
+                write_progress(run.dir, state="failed", error=reason, pid=os.getpid(), host=socket.gethostname())
             lost.append(run)
             continue
         finally:
