@@ -49,6 +49,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from torch import nn
 
+from lit_vit.ablation.results import cpu_model
 from lit_vit.cli_parser import EpilogFormatter, OneLineErrors
 from lit_vit.errors import ConfigError
 from lit_vit.perf import count_flops, peak_flops, synchronize
@@ -403,16 +404,6 @@ def bench_data(parser: ArgumentParser, cfg: Namespace) -> dict:
 
 
 # --- records -----------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:

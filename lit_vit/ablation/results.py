@@ -188,7 +188,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else what platform reports)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -239,7 +240,7 @@ def machine_info() -> dict[str, Any]:
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     )
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpus": gpus,
         "torch_threads": torch.get_num_threads(),
