@@ -6,6 +6,7 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 
 import importlib
 import importlib.util
+import json
 import pickle
 import re
 import signal
@@ -274,6 +275,10 @@ class LitViTCLI(LightningCLI):
         # so they are compared first: a difference is an error (RESUME_MAY_CHANGE excepted, and those keep the user's
         # values: put back in before_instantiate_classes).
         super().parse_arguments(parser, args)
+        # the command as given (evaluation.json records it): a command line, or the values of a programmatic call
+        self.command = (
+            list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else [json.dumps(args)]
+        )
         self.keep_on_resume: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
@@ -404,7 +409,7 @@ class LitViTCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand != "fit" and trainer_cfg.get("logger") in (None, True):
             # evaluations never touch the training metrics.csv: one new folder per evaluation, beside it
-            name = new_evaluation_dir(root, self.subcommand, cfg.ckpt_path, is_primary_process())
+            name = new_evaluation_dir(root, self.subcommand, cfg.ckpt_path, is_primary_process(), self.command)
             kwargs["logger"] = RunLogger(str(root / "evaluations" / name))
         if self.subcommand == "predict":
             callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))

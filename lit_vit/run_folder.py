@@ -88,9 +88,12 @@ def own_folder_of_config(config_files: list[Any], root: str | None, argv: list[s
     return None
 
 
-def new_evaluation_dir(root: Path, subcommand: str, ckpt_path: str, primary: bool) -> str:
+def new_evaluation_dir(
+    root: Path, subcommand: str, ckpt_path: str, primary: bool, command: list[str] | None = None
+) -> str:
     """A fresh `<root>/evaluations/<subcommand>-<checkpoint>-<time>[-n]` (created atomically: two evaluations started
-    in the same second get two folders), holding evaluation.json with the exact command and checkpoint."""
+    in the same second get two folders), holding evaluation.json with the exact command (`command`: the arguments
+    after `python -m lit_vit`; default sys.argv's) and the checkpoint."""
     base = f"{subcommand}-{Path(ckpt_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not primary:
         return base  # only rank 0 writes; the other ranks' loggers write nothing
@@ -105,9 +108,7 @@ def new_evaluation_dir(root: Path, subcommand: str, ckpt_path: str, primary: boo
                 continue
             ckpt = Path(ckpt_path)
             record = {
-                "command": shlex.join([Path(sys.executable).name, "-m", "lit_vit", *sys.argv[1:]])
-                if Path(sys.argv[0]).name in ("__main__.py", "lit_vit")
-                else shlex.join(sys.argv),
+                "command": shlex.join(["python", "-m", "lit_vit", *(sys.argv[1:] if command is None else command)]),
                 "cwd": os.getcwd(),
                 "checkpoint": str(ckpt.resolve()),
                 "checkpoint_bytes": ckpt.stat().st_size if ckpt.is_file() else None,

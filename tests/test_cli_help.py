@@ -32,7 +32,7 @@ def test_top_level_help_lists_the_lightning_and_the_extra_subcommands():
     for name in ("fit", "validate", "test", "predict", *EXTRA_COMMANDS):
         assert name in listed and len(listed[name].split()) > 2, name
     assert "against" in listed["bench"] and "timm" in text and "sweep" in listed["plot"]
-    assert list(EXTRA_COMMANDS) == ["bench", "plot"]
+    assert list(EXTRA_COMMANDS) == ["sweep", "bench", "plot"]
 
 
 @pytest.mark.slow

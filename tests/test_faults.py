@@ -70,7 +70,7 @@ def test_test_after_a_resume_uses_best_ckpt_and_says_so(resumed, capsys):
     main(["test", f"--config={resumed / 'config.yaml'}"])
     err = capsys.readouterr().err
     assert f"using {resumed / 'checkpoints' / 'best.ckpt'}" in err
-    (record,) = [e for e in evaluations(resumed) if "test" in e["command"]]
+    (record,) = [e for e in evaluations(resumed) if e["command"].startswith("python -m lit_vit test ")]
     assert record["checkpoint"] == str((resumed / "checkpoints" / "best.ckpt").resolve())
 
 
@@ -82,6 +82,7 @@ def test_a_copied_run_folder_evaluates_its_own_files(resumed, tmp_path, capsys):
     assert f"using the run folder of {copy / 'config.yaml'}" in err
     (record,) = evaluations(copy)
     assert record["checkpoint"] == str((copy / "checkpoints" / "best.ckpt").resolve())
+    assert record["command"] == f"python -m lit_vit validate --config={copy / 'config.yaml'}"
     assert not any("validate" in e["command"] for e in evaluations(resumed))  # nothing filed under the original
 
 
