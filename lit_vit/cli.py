@@ -276,9 +276,10 @@ class LitViTCLI(LightningCLI):
         # values: put back in before_instantiate_classes).
         super().parse_arguments(parser, args)
         # the command as given (evaluation.json records it): a command line, or the values of a programmatic call
-        self.command = (
-            list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else [json.dumps(args)]
-        )
+        if isinstance(args, dict):
+            self.command = [json.dumps(args, default=str)]
+        else:
+            self.command = list(sys.argv[1:] if args is None else args)
         self.keep_on_resume: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
