@@ -24,15 +24,16 @@ import yaml
 
 from lit_vit.ablation.report import write_report
 from lit_vit.ablation.results import collect, mean_std, read_results, run_dir, validation_curve, write_results
-from lit_vit.callbacks.artifacts import (
-    ARTIFACTS_DIR,
+from lit_vit.callbacks.artifacts import ARTIFACTS_DIR
+from lit_vit.errors import ConfigError
+from lit_vit.plotting import (
     draw_distance,
     draw_relative_bias_heads,
     draw_rollout,
     draw_similarity,
+    save_figure,
     show_image,
 )
-from lit_vit.errors import ConfigError
 
 
 def _variant_order(sweep_dir: Path) -> list[str]:
@@ -48,14 +49,6 @@ def _by_variant(rows: list[dict]) -> dict[str, list[dict]]:
     for row in rows:
         out.setdefault(row["variant"], []).append(row)
     return out
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _accuracy_panel(ax, groups: dict[str, list[dict]], column: str, label: str) -> None:
@@ -97,7 +90,7 @@ def plot_accuracy(sweep_dir: Path, rows: list[dict]) -> Path:
     else:
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-    return _save(fig, sweep_dir / "accuracy.png")
+    return save_figure(fig, sweep_dir / "accuracy.png", dpi=130)
 
 
 def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
@@ -120,7 +113,7 @@ def plot_curves(sweep_dir: Path, rows: list[dict]) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no curves when the runs' metrics.csv files are gone
         ax.legend(fontsize=8)
-    return _save(fig, sweep_dir / "curves.png")
+    return save_figure(fig, sweep_dir / "curves.png", dpi=130)
 
 
 _FLOP_UNITS = ((1e18, "EFLOPs"), (1e15, "PFLOPs"), (1e12, "TFLOPs"), (1e9, "GFLOPs"), (1.0, "FLOPs"))
@@ -173,7 +166,7 @@ def plot_compute(sweep_dir: Path, rows: list[dict]) -> Path | None:
     ax.set_title(f"{sweep_dir.name}: accuracy vs training compute, mean +- std over seeds {seeds}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, sweep_dir / "compute.png")
+    return save_figure(fig, sweep_dir / "compute.png", dpi=130)
 
 
 def _artifacts(sweep_dir: Path, rows: list[dict], name: str) -> dict[str, dict]:
@@ -201,7 +194,7 @@ def plot_similarity(sweep_dir: Path, rows: list[dict]) -> Path | None:
         image = draw_similarity(ax, data["similarity"], variant)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.02, label="cosine similarity")
     fig.suptitle("position embedding similarity (each small map: one patch vs all patches)", fontsize=10)
-    return _save(fig, sweep_dir / "pos_embed_similarity.png")
+    return save_figure(fig, sweep_dir / "pos_embed_similarity.png", dpi=130)
 
 
 def plot_relative_bias(sweep_dir: Path, rows: list[dict]) -> Path | None:
@@ -220,7 +213,7 @@ def plot_relative_bias(sweep_dir: Path, rows: list[dict]) -> Path | None:
         ax.set_xlabel("key col - query col", fontsize=7)
     fig.colorbar(image, ax=list(axes.ravel()), fraction=0.03, label="attention logit bias")
     fig.suptitle("learned relative position bias per head (+ = the query's own position)", fontsize=10, y=1.04)
-    return _save(fig, sweep_dir / "relative_bias.png")
+    return save_figure(fig, sweep_dir / "relative_bias.png", dpi=130)
 
 
 def plot_distance(sweep_dir: Path, rows: list[dict]) -> Path | None:
@@ -234,7 +227,7 @@ def plot_distance(sweep_dir: Path, rows: list[dict]) -> Path | None:
     for ax, (variant, data) in zip(axes[0], found.items()):
         draw_distance(ax, data["distance"], variant, max_distance=top)
     fig.suptitle("mean attention distance per head (dots) against depth", fontsize=10, y=1.04)  # above the titles
-    return _save(fig, sweep_dir / "attention_distance.png")
+    return save_figure(fig, sweep_dir / "attention_distance.png", dpi=130)
 
 
 def plot_rollout(sweep_dir: Path, rows: list[dict]) -> Path | None:
@@ -254,7 +247,7 @@ def plot_rollout(sweep_dir: Path, rows: list[dict]) -> Path | None:
             draw_rollout(axes[i, j], data["images"][j], data["rollout"][j])
         axes[i, 0].set_ylabel(variant, fontsize=8)
     fig.suptitle("attention rollout on validation images", fontsize=10)
-    return _save(fig, sweep_dir / "attention_rollout.png")
+    return save_figure(fig, sweep_dir / "attention_rollout.png", dpi=130)
 
 
 def plot_sweep(sweep_dir: str | Path) -> list[Path]:
