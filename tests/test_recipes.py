@@ -18,7 +18,6 @@ from lit_vit.data.augment import AugmentPolicy, NoisyRandAugment, PolicyPipeline
 from lit_vit.errors import ConfigError
 from lit_vit.models import T2TViT, VisionTransformer
 from lit_vit.modules import ImageClassifier
-from lit_vit.modules.layer_decay import layer_id
 from lit_vit.modules.mixing import BatchMixer, Mixup
 
 torch.set_num_threads(1)
@@ -197,10 +196,10 @@ def test_layer_decay_follows_beit_and_gives_way_to_head_and_pos_embed_lr():
 
 def test_layer_ids_of_t2t_vit():
     model = T2TViT(variant="T2T-ViT-7", img_size=64, num_classes=10)
-    depth = len(model.blocks)
-    ids = {layer_id(n, depth) for n, _ in model.tokens_to_token.named_parameters(prefix="tokens_to_token")}
-    assert ids == {0} and layer_id("cls_token", depth) == 0 and layer_id("pos_embed.pos_embed", depth) == 0
-    assert layer_id("blocks.6.attn.qkv.weight", depth) == 7 and layer_id("head.weight", depth) == depth + 1 == 8
+    depth, layer_id = len(model.blocks), model.layer_groups()
+    ids = {layer_id[n] for n, _ in model.tokens_to_token.named_parameters(prefix="tokens_to_token")}
+    assert ids == {0} and layer_id["cls_token"] == 0 and layer_id["pos_embed.pos_embed"] == 0
+    assert layer_id["blocks.6.attn.qkv.weight"] == 7 and layer_id["head.weight"] == depth + 1 == 8
 
 
 class NoBlocks(torch.nn.Linear):
@@ -208,8 +207,8 @@ class NoBlocks(torch.nn.Linear):
         pass
 
 
-def test_layer_decay_without_blocks_is_refused_at_construction():
-    with pytest.raises(ConfigError, match="layer_decay needs a backbone with a `blocks` list"):
+def test_layer_decay_without_declared_layers_is_refused_at_construction():
+    with pytest.raises(ConfigError, match="layer_decay needs a backbone that declares its layers.*NoBlocks has none"):
         ImageClassifier(NoBlocks(2, 2), layer_decay=0.5)
 
 

@@ -15,7 +15,7 @@ from lit_vit.data import DigitsDataModule
 from lit_vit.errors import ConfigError
 from lit_vit.models import VisionTransformer
 from lit_vit.modules import ImageClassifier
-from lit_vit.modules.classifier import warmup_cosine
+from lit_vit.modules.optim import warmup_cosine
 
 
 def test_warmup_rises_linearly_to_the_peak_at_its_last_step():

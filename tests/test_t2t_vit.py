@@ -19,7 +19,7 @@ from lit_vit.models.layers import POS_EMBED_KINDS
 from lit_vit.models.t2t_vit import TokenPerformer
 from lit_vit.models.weights.t2t import load_t2t_checkpoint, read_t2t_checkpoint
 from lit_vit.modules import ImageClassifier
-from lit_vit.modules.classifier import param_groups
+from lit_vit.modules.optim import param_groups
 
 # Parameter counts of the official code (github.com/yitu-opensource/T2T-ViT, models/t2t_vit.py; the paper, Yuan et al.,
 # Tokens-to-Token ViT, ICCV 2021, Table 2, rounds them) at 224 px, 1000 classes, frozen tensors (the sinusoid table,
@@ -331,7 +331,7 @@ def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(tokens_type
         {"tokens_to_token.attention1.w", "tokens_to_token.attention2.w"} if tokens_type == "performer" else set()
     )
     assert frozen == expected
-    optimised = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
+    optimised = {id(p) for g in param_groups(model, 1e-3, 0.05) for p in g["params"]}
     assert not any(id(p) in optimised for n, p in model.named_parameters() if n in frozen)
 
 

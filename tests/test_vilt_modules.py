@@ -13,7 +13,8 @@ from lit_vit.data.image_text import vqa_score
 from lit_vit.errors import ConfigError
 from lit_vit.models import ViLT
 from lit_vit.modules import ViltPretraining, ViltRetrieval, ViltVQA
-from lit_vit.modules.vilt import retrieval_recall, warmup_linear
+from lit_vit.modules.optim import warmup_linear
+from lit_vit.modules.vilt import retrieval_recall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,6 +15,7 @@ from lit_vit.errors import ConfigError
 from lit_vit.models.layers import (
     Mlp,
     PosEmbedKind,
+    block_layer_ids,
     build_blocks,
     build_pos_embed,
     init_weights,
@@ -262,6 +263,11 @@ class T2TViT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms (which go by ndim)."""
         return {n for n, _ in self.named_parameters() if n.startswith("pos_embed.") or n == "cls_token"}
+
+    def layer_groups(self) -> dict[str, int]:
+        """Layer of every parameter name for layer-wise lr decay: the T2T module, class token and position
+        embedding 0, block i i + 1, the final norm and head depth + 1."""
+        return block_layer_ids(self, stem=("tokens_to_token", "cls_token", "pos_embed"))
 
     def set_qk_scale(self, scale: float | None) -> None:
         """Attention logit scale of every block (None: head_dim ** -0.5)."""

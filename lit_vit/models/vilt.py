@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.layers import PatchEmbed, build_blocks, init_weights
+from lit_vit.models.layers import PatchEmbed, block_layer_ids, build_blocks, init_weights
 from lit_vit.models.variants import vit_dims
 
 
@@ -179,6 +179,11 @@ class ViLT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
+
+    def layer_groups(self) -> dict[str, int]:
+        """Layer of every parameter name for layer-wise lr decay: text and image embeddings 0, block i i + 1, the
+        final norm, pooler and heads depth + 1."""
+        return block_layer_ids(self, stem=("text_embed", "patch_embed", "cls_token", "pos_embed", "modality_embed"))
 
     # --- image tokens --------------------------------------------------------------------------------------------
     def embed_image(

@@ -8,6 +8,7 @@ from lit_vit.models.layers import (
     PatchEmbed,
     PoolKind,
     PosEmbedKind,
+    block_layer_ids,
     build_blocks,
     build_pos_embed,
     check_pool,
@@ -109,6 +110,11 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms (which go by ndim)."""
         return {n for n, _ in self.named_parameters() if n.startswith("pos_embed.") or n in ("cls_token",)}
+
+    def layer_groups(self) -> dict[str, int]:
+        """Layer of every parameter name for layer-wise lr decay: embeddings and tokens 0, block i i + 1, the final
+        norm, pooling and head depth + 1."""
+        return block_layer_ids(self, stem=("patch_embed", "cls_token", "pos_embed"))
 
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         """Replace the head (fine-tuning); zero_init gives the paper's zero-initialised head."""

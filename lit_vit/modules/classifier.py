@@ -1,6 +1,5 @@
 """ImageClassifier: thin Lightning glue around any backbone (loss, metrics, optimiser, schedule)."""
 
-import math
 import os
 from dataclasses import asdict
 from typing import Any
@@ -16,38 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.weights.io import read_weights_file
-from lit_vit.modules.layer_decay import layer_decay_lrs
 from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_lr_ratio`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases, norms (all 1-D parameters), position embeddings and class tokens."""
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def split_by_lr(groups: list[dict], own_lr: dict[int, float]) -> list[dict]:
-    """Split each optimiser group so that parameters with their own peak lr (own_lr[id(p)]) get groups of their own."""
-    out = []
-    for g in groups:
-        lrs = dict.fromkeys(own_lr.get(id(p)) for p in g["params"])  # None = the optimiser's lr; order kept
-        for lr in lrs:
-            params = [p for p in g["params"] if own_lr.get(id(p)) == lr]
-            out.append({**g, "params": params, **({} if lr is None else {"lr": lr})})
-    return out
-
+from lit_vit.modules.optim import build_optimizer, cosine_schedule, layer_ids, param_groups
 
 # Backbone options that are the architecture: weights trained with other values cannot be loaded (img_size and the
 # head may change when fine-tuning; regularisation is not part of the weights).
@@ -165,7 +134,7 @@ class ImageClassifier(L.LightningModule):
                 "set --model.init_args.layer_decay or null"
             )
         if layer_decay is not None:
-            layer_decay_lrs(backbone, 1.0, layer_decay)  # a backbone without `blocks` fails here, before training
+            layer_ids(backbone)  # a backbone that declares no layers fails here, before training
         mixup = as_mixup(mixup)  # a dict when read back from a checkpoint's hyperparameters
         self.hparams["mixup"] = None if mixup is None else asdict(mixup)
         self.mixer: BatchMixer | None = None
@@ -326,24 +295,15 @@ class ImageClassifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         fused = self.device.type in ("cuda", "cpu")  # one kernel for all parameters (on CPU ~5x faster than foreach)
-        groups = param_groups(self.backbone, hp.weight_decay)
-        own_lr = {}  # id(parameter) -> its peak lr, where it differs from hp.lr
-        if hp.get("layer_decay") is not None:  # first, so that head_lr / pos_embed_lr take precedence
-            decayed = layer_decay_lrs(self.backbone, hp.lr, hp.layer_decay)
-            own_lr.update({k: v for k, v in decayed.items() if v != hp.lr})
-        if hp.get("head_lr") is not None:
-            own_lr.update({id(p): hp.head_lr for p in self.backbone.head.parameters()})
-        if hp.get("pos_embed_lr") is not None:
-            own_lr.update({id(p): hp.pos_embed_lr for p in self.backbone.pos_embed.parameters()})
-        groups = split_by_lr(groups, own_lr)
-        if hp.get("optimizer", "adamw") == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, fused=fused)
+        # head_lr / pos_embed_lr take precedence over the layer decay
+        module_lrs = [(m, hp.get(f"{m}_lr")) for m in ("head", "pos_embed") if hp.get(f"{m}_lr") is not None]
+        groups = param_groups(
+            self.backbone, hp.lr, hp.weight_decay, layer_decay=hp.get("layer_decay"), module_lrs=module_lrs
+        )
+        optimizer = build_optimizer(
+            groups, hp.get("optimizer", "adamw"), hp.lr, betas=hp.betas, momentum=hp.get("momentum", 0.9), fused=fused
+        )
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = hp.warmup_steps or int(round(hp.warmup_epochs * steps_per_epoch))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": cosine_schedule(optimizer, warmup, total, hp.min_lr_ratio)}

@@ -19,13 +19,7 @@ from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
 from lit_vit.models.vilt import ViLT, wpa_distance
 from lit_vit.models.weights.vilt import load_vilt_weights, read_checkpoint
-
-
-def warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+from lit_vit.modules.optim import build_optimizer, linear_schedule, param_groups
 
 
 def retrieval_recall(scores: torch.Tensor, text_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
@@ -148,22 +142,13 @@ class ViltModule(L.LightningModule):
     # --- optimiser -----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        skip = self.model.no_weight_decay()
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                decay = p.ndim > 1 and name not in skip
-                head = name.split(".")[0] in self.task_heads
-                groups.setdefault((decay, head), []).append(p)
-        params = []
-        for (decay, head), ps in groups.items():
-            lr = hp.lr * (hp.head_lr_mult if head else 1.0)
-            params.append({"params": ps, "weight_decay": hp.weight_decay if decay else 0.0, "lr": lr})
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, eps=hp.eps)
+        module_lrs = [(head, hp.lr * hp.head_lr_mult) for head in self.task_heads]
+        groups = param_groups(
+            self.model, hp.lr, hp.weight_decay, module_lrs=module_lrs, decay_first=False, every_group_lr=True
+        )
+        optimizer = build_optimizer(groups, "adamw", hp.lr, betas=hp.betas, eps=hp.eps)
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(hp.warmup_ratio * total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_linear(step, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": linear_schedule(optimizer, int(hp.warmup_ratio * total), total)}
 
 
 class ViltPretraining(ViltModule):

@@ -1,6 +1,7 @@
 from lit_vit.models.layers.attention import Attention, Block, QKHook, build_blocks
 from lit_vit.models.layers.dims import merge_dims
 from lit_vit.models.layers.drop_path import DropPath
+from lit_vit.models.layers.groups import block_layer_ids
 from lit_vit.models.layers.init import init_weights, linear_head
 from lit_vit.models.layers.mlp import Mlp
 from lit_vit.models.layers.patch_embed import PatchEmbed, grid_size, to_2tuple
@@ -29,6 +30,7 @@ __all__ = [
     "PosEmbed",
     "PosEmbedKind",
     "QKHook",
+    "block_layer_ids",
     "build_blocks",
     "build_pos_embed",
     "check_pool",

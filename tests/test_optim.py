@@ -1,0 +1,665 @@
+"""Shared optimisation (lit_vit.modules.optim): every module's parameter groups, optimiser and schedule are the ones
+the modules built on their own before the code was shared (REFERENCE: frozen from that code, commit 22c10ac)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_vit.errors import ConfigError
+from lit_vit.models.hybrid import HybridViT
+from lit_vit.models.t2t_vit import T2TViT
+from lit_vit.models.vilt import ViLT
+from lit_vit.models.vit import VisionTransformer
+from lit_vit.modules import ImageClassifier, ViltPretraining, ViltRetrieval, ViltVQA
+from lit_vit.modules.optim import layer_ids, param_groups
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+
+
+def tiny_vilt(**kwargs) -> ViLT:
+    return ViLT(
+        vocab_size=50, max_text_len=8, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+        max_image_len=4, **kwargs,
+    )  # fmt: skip
+
+
+CASES = {
+    "vit": lambda: ImageClassifier(
+        VisionTransformer(**TINY), num_classes=5, lr=1e-3, layer_decay=0.5, head_lr=0.01, warmup_epochs=1
+    ),
+    "vit_pos": lambda: ImageClassifier(
+        VisionTransformer(**TINY, pos_embed="relative"), num_classes=5, lr=1e-3, pos_embed_lr=2e-3
+    ),
+    "vit_plain": lambda: ImageClassifier(
+        VisionTransformer(**TINY, pool="gap", class_token=False), num_classes=5, lr=1e-3, optimizer="sgd"
+    ),
+    "t2t": lambda: ImageClassifier(
+        T2TViT(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5, tokens_type="performer"),
+        num_classes=5,
+        lr=1e-3,
+        layer_decay=0.75,
+    ),
+    "hybrid": lambda: ImageClassifier(
+        HybridViT(
+            img_size=32,
+            layers=[1],
+            widths=[16],
+            stem_width=8,
+            num_groups=4,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_classes=5,
+        ),  # fmt: skip
+        num_classes=5,
+        lr=1e-3,
+        layer_decay=0.5,
+        head_lr=0.01,
+        pos_embed_lr=0.0,
+    ),
+    "vilt_pretrain": lambda: ViltPretraining(tiny_vilt(), lr=1e-4, weight_decay=0.01),
+    "vilt_vqa": lambda: ViltVQA(tiny_vilt(num_answers=3), lr=1e-4, weight_decay=0.01, head_lr_mult=10.0),
+    "vilt_retrieval": lambda: ViltRetrieval(tiny_vilt(rank_head=True), lr=1e-4, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_groups_optimiser_and_schedule_are_the_ones_each_module_built_before(case):
+    torch.manual_seed(0)
+    module = CASES[case]()
+    module.trainer = SimpleNamespace(estimated_stepping_batches=100, max_epochs=10)
+    conf = module.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = [(g["initial_lr"], g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in optimizer.param_groups]
+    ref = REFERENCE[case]
+    assert groups == ref["groups"]  # membership, order, peak lr and weight decay of every group
+    assert type(optimizer).__name__ == ref["optimizer"] and conf["lr_scheduler"]["interval"] == "step"
+    defaults = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in optimizer.defaults.items() if k in ref["defaults"]
+    }
+    assert defaults == ref["defaults"]
+    assert [scheduler.lr_lambdas[0](s) for s in (0, 9, 10, 50, 99, 100)] == pytest.approx(ref["schedule"])
+
+
+@pytest.mark.parametrize(
+    "model, stem",
+    [
+        (VisionTransformer(**TINY), {"cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias"}),
+        (T2TViT(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5), None),
+        (tiny_vilt(), None),
+    ],
+)
+def test_layer_groups_number_the_stem_0_block_i_i_plus_1_and_the_read_out_last(model, stem):
+    ids = model.layer_groups()
+    assert set(ids) == {n for n, _ in model.named_parameters()}
+    assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.1.mlp.fc2.bias"] == 2
+    assert ids["norm.weight"] == 3 and ids["cls_token"] == 0
+    if stem is not None:
+        assert {n for n, i in ids.items() if i == 0} == stem | {n for n in ids if n.startswith("pos_embed.")}
+
+
+def test_a_backbone_without_layer_groups_is_refused_for_layer_decay_naming_it():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="Sequential has none.*layer_decay"):
+        layer_ids(model)
+
+
+def test_module_lrs_take_precedence_over_layer_decay_and_equal_lrs_keep_their_own_group():
+    model = VisionTransformer(**TINY)
+    groups = param_groups(model, 1.0, 0.1, layer_decay=0.5, module_lrs=[("head", 1.0)])
+    head = {id(p) for p in model.head.parameters()}
+    (head_group,) = [g for g in groups if {id(p) for p in g["params"]} == {id(model.head.weight)}]
+    assert head_group["lr"] == 1.0 and head_group["weight_decay"] == 0.1
+    main = [g for g in groups if "lr" not in g]  # the final norm: layer depth + 1, decayed lr == lr
+    assert {id(p) for g in main for p in g["params"]} == {id(model.norm.weight), id(model.norm.bias)}
+    assert head <= {id(p) for g in groups for p in g["params"]}
+
+
+REFERENCE = {
+    "vit": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.01, "fused": True},
+        schedule=[0.1, 1.0, 1.0, 0.5909558479451306, 0.010301540625547598, 0.01],
+        groups=[
+            (0.000125, 0.05, ["backbone.patch_embed.proj.weight"]),
+            (
+                0.00025,
+                0.05,
+                [
+                    "backbone.blocks.0.attn.qkv.weight",
+                    "backbone.blocks.0.attn.proj.weight",
+                    "backbone.blocks.0.mlp.fc1.weight",
+                    "backbone.blocks.0.mlp.fc2.weight",
+                ],
+            ),
+            (
+                0.0005,
+                0.05,
+                [
+                    "backbone.blocks.1.attn.qkv.weight",
+                    "backbone.blocks.1.attn.proj.weight",
+                    "backbone.blocks.1.mlp.fc1.weight",
+                    "backbone.blocks.1.mlp.fc2.weight",
+                ],
+            ),
+            (0.01, 0.05, ["backbone.head.weight"]),
+            (0.000125, 0.0, ["backbone.cls_token", "backbone.patch_embed.proj.bias", "backbone.pos_embed.pos_embed"]),
+            (
+                0.00025,
+                0.0,
+                [
+                    "backbone.blocks.0.norm1.weight",
+                    "backbone.blocks.0.norm1.bias",
+                    "backbone.blocks.0.attn.qkv.bias",
+                    "backbone.blocks.0.attn.proj.bias",
+                    "backbone.blocks.0.norm2.weight",
+                    "backbone.blocks.0.norm2.bias",
+                    "backbone.blocks.0.mlp.fc1.bias",
+                    "backbone.blocks.0.mlp.fc2.bias",
+                ],
+            ),
+            (
+                0.0005,
+                0.0,
+                [
+                    "backbone.blocks.1.norm1.weight",
+                    "backbone.blocks.1.norm1.bias",
+                    "backbone.blocks.1.attn.qkv.bias",
+                    "backbone.blocks.1.attn.proj.bias",
+                    "backbone.blocks.1.norm2.weight",
+                    "backbone.blocks.1.norm2.bias",
+                    "backbone.blocks.1.mlp.fc1.bias",
+                    "backbone.blocks.1.mlp.fc2.bias",
+                ],
+            ),
+            (0.001, 0.0, ["backbone.norm.weight", "backbone.norm.bias"]),
+            (0.01, 0.0, ["backbone.head.bias"]),
+        ],
+    ),
+    "vit_pos": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.01, "fused": True},
+        schedule=[1.0, 0.9803453744100868, 0.9757729755661011, 0.505, 0.010244252618962859, 0.01],
+        groups=[
+            (
+                0.001,
+                0.05,
+                [
+                    "backbone.patch_embed.proj.weight",
+                    "backbone.blocks.0.attn.qkv.weight",
+                    "backbone.blocks.0.attn.proj.weight",
+                    "backbone.blocks.0.mlp.fc1.weight",
+                    "backbone.blocks.0.mlp.fc2.weight",
+                    "backbone.blocks.1.attn.qkv.weight",
+                    "backbone.blocks.1.attn.proj.weight",
+                    "backbone.blocks.1.mlp.fc1.weight",
+                    "backbone.blocks.1.mlp.fc2.weight",
+                    "backbone.head.weight",
+                ],
+            ),
+            (
+                0.001,
+                0.0,
+                [
+                    "backbone.cls_token",
+                    "backbone.patch_embed.proj.bias",
+                    "backbone.blocks.0.norm1.weight",
+                    "backbone.blocks.0.norm1.bias",
+                    "backbone.blocks.0.attn.qkv.bias",
+                    "backbone.blocks.0.attn.proj.bias",
+                    "backbone.blocks.0.norm2.weight",
+                    "backbone.blocks.0.norm2.bias",
+                    "backbone.blocks.0.mlp.fc1.bias",
+                    "backbone.blocks.0.mlp.fc2.bias",
+                    "backbone.blocks.1.norm1.weight",
+                    "backbone.blocks.1.norm1.bias",
+                    "backbone.blocks.1.attn.qkv.bias",
+                    "backbone.blocks.1.attn.proj.bias",
+                    "backbone.blocks.1.norm2.weight",
+                    "backbone.blocks.1.norm2.bias",
+                    "backbone.blocks.1.mlp.fc1.bias",
+                    "backbone.blocks.1.mlp.fc2.bias",
+                    "backbone.norm.weight",
+                    "backbone.norm.bias",
+                    "backbone.head.bias",
+                ],
+            ),
+            (0.002, 0.0, ["backbone.pos_embed.relative_bias_table"]),
+        ],
+    ),
+    "vit_plain": dict(
+        optimizer="SGD",
+        defaults={"lr": 0.001, "momentum": 0.9, "weight_decay": 0, "fused": None},
+        schedule=[1.0, 0.9803453744100868, 0.9757729755661011, 0.505, 0.010244252618962859, 0.01],
+        groups=[
+            (
+                0.001,
+                0.05,
+                [
+                    "backbone.patch_embed.proj.weight",
+                    "backbone.blocks.0.attn.qkv.weight",
+                    "backbone.blocks.0.attn.proj.weight",
+                    "backbone.blocks.0.mlp.fc1.weight",
+                    "backbone.blocks.0.mlp.fc2.weight",
+                    "backbone.blocks.1.attn.qkv.weight",
+                    "backbone.blocks.1.attn.proj.weight",
+                    "backbone.blocks.1.mlp.fc1.weight",
+                    "backbone.blocks.1.mlp.fc2.weight",
+                    "backbone.head.weight",
+                ],
+            ),
+            (
+                0.001,
+                0.0,
+                [
+                    "backbone.patch_embed.proj.bias",
+                    "backbone.pos_embed.pos_embed",
+                    "backbone.blocks.0.norm1.weight",
+                    "backbone.blocks.0.norm1.bias",
+                    "backbone.blocks.0.attn.qkv.bias",
+                    "backbone.blocks.0.attn.proj.bias",
+                    "backbone.blocks.0.norm2.weight",
+                    "backbone.blocks.0.norm2.bias",
+                    "backbone.blocks.0.mlp.fc1.bias",
+                    "backbone.blocks.0.mlp.fc2.bias",
+                    "backbone.blocks.1.norm1.weight",
+                    "backbone.blocks.1.norm1.bias",
+                    "backbone.blocks.1.attn.qkv.bias",
+                    "backbone.blocks.1.attn.proj.bias",
+                    "backbone.blocks.1.norm2.weight",
+                    "backbone.blocks.1.norm2.bias",
+                    "backbone.blocks.1.mlp.fc1.bias",
+                    "backbone.blocks.1.mlp.fc2.bias",
+                    "backbone.fc_norm.weight",
+                    "backbone.fc_norm.bias",
+                    "backbone.head.bias",
+                ],
+            ),
+        ],
+    ),
+    "t2t": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.01, "fused": True},
+        schedule=[1.0, 0.9803453744100868, 0.9757729755661011, 0.505, 0.010244252618962859, 0.01],
+        groups=[
+            (
+                0.000421875,
+                0.05,
+                [
+                    "backbone.tokens_to_token.attention1.kqv.weight",
+                    "backbone.tokens_to_token.attention1.proj.weight",
+                    "backbone.tokens_to_token.attention1.mlp.0.weight",
+                    "backbone.tokens_to_token.attention1.mlp.2.weight",
+                    "backbone.tokens_to_token.attention2.kqv.weight",
+                    "backbone.tokens_to_token.attention2.proj.weight",
+                    "backbone.tokens_to_token.attention2.mlp.0.weight",
+                    "backbone.tokens_to_token.attention2.mlp.2.weight",
+                    "backbone.tokens_to_token.project.weight",
+                ],
+            ),
+            (
+                0.0005625000000000001,
+                0.05,
+                [
+                    "backbone.blocks.0.attn.qkv.weight",
+                    "backbone.blocks.0.attn.proj.weight",
+                    "backbone.blocks.0.mlp.fc1.weight",
+                    "backbone.blocks.0.mlp.fc2.weight",
+                ],
+            ),
+            (
+                0.00075,
+                0.05,
+                [
+                    "backbone.blocks.1.attn.qkv.weight",
+                    "backbone.blocks.1.attn.proj.weight",
+                    "backbone.blocks.1.mlp.fc1.weight",
+                    "backbone.blocks.1.mlp.fc2.weight",
+                ],
+            ),
+            (0.001, 0.05, ["backbone.head.weight"]),
+            (
+                0.000421875,
+                0.0,
+                [
+                    "backbone.cls_token",
+                    "backbone.tokens_to_token.attention1.kqv.bias",
+                    "backbone.tokens_to_token.attention1.proj.bias",
+                    "backbone.tokens_to_token.attention1.norm1.weight",
+                    "backbone.tokens_to_token.attention1.norm1.bias",
+                    "backbone.tokens_to_token.attention1.norm2.weight",
+                    "backbone.tokens_to_token.attention1.norm2.bias",
+                    "backbone.tokens_to_token.attention1.mlp.0.bias",
+                    "backbone.tokens_to_token.attention1.mlp.2.bias",
+                    "backbone.tokens_to_token.attention2.kqv.bias",
+                    "backbone.tokens_to_token.attention2.proj.bias",
+                    "backbone.tokens_to_token.attention2.norm1.weight",
+                    "backbone.tokens_to_token.attention2.norm1.bias",
+                    "backbone.tokens_to_token.attention2.norm2.weight",
+                    "backbone.tokens_to_token.attention2.norm2.bias",
+                    "backbone.tokens_to_token.attention2.mlp.0.bias",
+                    "backbone.tokens_to_token.attention2.mlp.2.bias",
+                    "backbone.tokens_to_token.project.bias",
+                ],
+            ),
+            (
+                0.0005625000000000001,
+                0.0,
+                [
+                    "backbone.blocks.0.norm1.weight",
+                    "backbone.blocks.0.norm1.bias",
+                    "backbone.blocks.0.attn.proj.bias",
+                    "backbone.blocks.0.norm2.weight",
+                    "backbone.blocks.0.norm2.bias",
+                    "backbone.blocks.0.mlp.fc1.bias",
+                    "backbone.blocks.0.mlp.fc2.bias",
+                ],
+            ),
+            (
+                0.00075,
+                0.0,
+                [
+                    "backbone.blocks.1.norm1.weight",
+                    "backbone.blocks.1.norm1.bias",
+                    "backbone.blocks.1.attn.proj.bias",
+                    "backbone.blocks.1.norm2.weight",
+                    "backbone.blocks.1.norm2.bias",
+                    "backbone.blocks.1.mlp.fc1.bias",
+                    "backbone.blocks.1.mlp.fc2.bias",
+                ],
+            ),
+            (0.001, 0.0, ["backbone.norm.weight", "backbone.norm.bias", "backbone.head.bias"]),
+        ],
+    ),
+    "hybrid": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.01, "fused": True},
+        schedule=[1.0, 0.9803453744100868, 0.9757729755661011, 0.505, 0.010244252618962859, 0.01],
+        groups=[
+            (
+                0.000125,
+                0.05,
+                [
+                    "backbone.patch_embed.backbone.stem.conv.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.downsample.conv.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.conv1.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.conv2.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.conv3.weight",
+                    "backbone.patch_embed.proj.weight",
+                ],
+            ),
+            (
+                0.00025,
+                0.05,
+                [
+                    "backbone.blocks.0.attn.qkv.weight",
+                    "backbone.blocks.0.attn.proj.weight",
+                    "backbone.blocks.0.mlp.fc1.weight",
+                    "backbone.blocks.0.mlp.fc2.weight",
+                ],
+            ),
+            (
+                0.0005,
+                0.05,
+                [
+                    "backbone.blocks.1.attn.qkv.weight",
+                    "backbone.blocks.1.attn.proj.weight",
+                    "backbone.blocks.1.mlp.fc1.weight",
+                    "backbone.blocks.1.mlp.fc2.weight",
+                ],
+            ),
+            (0.01, 0.05, ["backbone.head.weight"]),
+            (
+                0.000125,
+                0.0,
+                [
+                    "backbone.cls_token",
+                    "backbone.patch_embed.backbone.stem.norm.weight",
+                    "backbone.patch_embed.backbone.stem.norm.bias",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.downsample.norm.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.downsample.norm.bias",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm1.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm1.bias",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm2.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm2.bias",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm3.weight",
+                    "backbone.patch_embed.backbone.stages.0.blocks.0.norm3.bias",
+                    "backbone.patch_embed.proj.bias",
+                ],
+            ),
+            (0.0, 0.0, ["backbone.pos_embed.pos_embed"]),
+            (
+                0.00025,
+                0.0,
+                [
+                    "backbone.blocks.0.norm1.weight",
+                    "backbone.blocks.0.norm1.bias",
+                    "backbone.blocks.0.attn.qkv.bias",
+                    "backbone.blocks.0.attn.proj.bias",
+                    "backbone.blocks.0.norm2.weight",
+                    "backbone.blocks.0.norm2.bias",
+                    "backbone.blocks.0.mlp.fc1.bias",
+                    "backbone.blocks.0.mlp.fc2.bias",
+                ],
+            ),
+            (
+                0.0005,
+                0.0,
+                [
+                    "backbone.blocks.1.norm1.weight",
+                    "backbone.blocks.1.norm1.bias",
+                    "backbone.blocks.1.attn.qkv.bias",
+                    "backbone.blocks.1.attn.proj.bias",
+                    "backbone.blocks.1.norm2.weight",
+                    "backbone.blocks.1.norm2.bias",
+                    "backbone.blocks.1.mlp.fc1.bias",
+                    "backbone.blocks.1.mlp.fc2.bias",
+                ],
+            ),
+            (0.001, 0.0, ["backbone.norm.weight", "backbone.norm.bias"]),
+            (0.01, 0.0, ["backbone.head.bias"]),
+        ],
+    ),
+    "vilt_pretrain": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.0001, "betas": [0.9, 0.98], "eps": 1e-08, "weight_decay": 0.01, "fused": None},
+        schedule=[0.1, 1.0, 1.0, 0.5555555555555556, 0.011111111111111112, 0.0],
+        groups=[
+            (
+                0.0001,
+                0.0,
+                [
+                    "model.cls_token",
+                    "model.pos_embed",
+                    "model.text_embed.norm.weight",
+                    "model.text_embed.norm.bias",
+                    "model.patch_embed.proj.bias",
+                    "model.blocks.0.norm1.weight",
+                    "model.blocks.0.norm1.bias",
+                    "model.blocks.0.attn.qkv.bias",
+                    "model.blocks.0.attn.proj.bias",
+                    "model.blocks.0.norm2.weight",
+                    "model.blocks.0.norm2.bias",
+                    "model.blocks.0.mlp.fc1.bias",
+                    "model.blocks.0.mlp.fc2.bias",
+                    "model.blocks.1.norm1.weight",
+                    "model.blocks.1.norm1.bias",
+                    "model.blocks.1.attn.qkv.bias",
+                    "model.blocks.1.attn.proj.bias",
+                    "model.blocks.1.norm2.weight",
+                    "model.blocks.1.norm2.bias",
+                    "model.blocks.1.mlp.fc1.bias",
+                    "model.blocks.1.mlp.fc2.bias",
+                    "model.norm.weight",
+                    "model.norm.bias",
+                    "model.pooler.bias",
+                    "model.itm_head.bias",
+                    "model.mlm_head.bias",
+                    "model.mlm_head.dense.bias",
+                    "model.mlm_head.norm.weight",
+                    "model.mlm_head.norm.bias",
+                ],
+            ),
+            (
+                0.0001,
+                0.01,
+                [
+                    "model.text_embed.word_embed.weight",
+                    "model.text_embed.pos_embed.weight",
+                    "model.text_embed.type_embed.weight",
+                    "model.patch_embed.proj.weight",
+                    "model.modality_embed.weight",
+                    "model.blocks.0.attn.qkv.weight",
+                    "model.blocks.0.attn.proj.weight",
+                    "model.blocks.0.mlp.fc1.weight",
+                    "model.blocks.0.mlp.fc2.weight",
+                    "model.blocks.1.attn.qkv.weight",
+                    "model.blocks.1.attn.proj.weight",
+                    "model.blocks.1.mlp.fc1.weight",
+                    "model.blocks.1.mlp.fc2.weight",
+                    "model.pooler.weight",
+                    "model.itm_head.weight",
+                    "model.mlm_head.dense.weight",
+                ],
+            ),
+        ],
+    ),
+    "vilt_vqa": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.0001, "betas": [0.9, 0.98], "eps": 1e-08, "weight_decay": 0.01, "fused": None},
+        schedule=[0.1, 1.0, 1.0, 0.5555555555555556, 0.011111111111111112, 0.0],
+        groups=[
+            (
+                0.0001,
+                0.0,
+                [
+                    "model.cls_token",
+                    "model.pos_embed",
+                    "model.text_embed.norm.weight",
+                    "model.text_embed.norm.bias",
+                    "model.patch_embed.proj.bias",
+                    "model.blocks.0.norm1.weight",
+                    "model.blocks.0.norm1.bias",
+                    "model.blocks.0.attn.qkv.bias",
+                    "model.blocks.0.attn.proj.bias",
+                    "model.blocks.0.norm2.weight",
+                    "model.blocks.0.norm2.bias",
+                    "model.blocks.0.mlp.fc1.bias",
+                    "model.blocks.0.mlp.fc2.bias",
+                    "model.blocks.1.norm1.weight",
+                    "model.blocks.1.norm1.bias",
+                    "model.blocks.1.attn.qkv.bias",
+                    "model.blocks.1.attn.proj.bias",
+                    "model.blocks.1.norm2.weight",
+                    "model.blocks.1.norm2.bias",
+                    "model.blocks.1.mlp.fc1.bias",
+                    "model.blocks.1.mlp.fc2.bias",
+                    "model.norm.weight",
+                    "model.norm.bias",
+                    "model.pooler.bias",
+                    "model.itm_head.bias",
+                    "model.mlm_head.bias",
+                    "model.mlm_head.dense.bias",
+                    "model.mlm_head.norm.weight",
+                    "model.mlm_head.norm.bias",
+                ],
+            ),
+            (
+                0.0001,
+                0.01,
+                [
+                    "model.text_embed.word_embed.weight",
+                    "model.text_embed.pos_embed.weight",
+                    "model.text_embed.type_embed.weight",
+                    "model.patch_embed.proj.weight",
+                    "model.modality_embed.weight",
+                    "model.blocks.0.attn.qkv.weight",
+                    "model.blocks.0.attn.proj.weight",
+                    "model.blocks.0.mlp.fc1.weight",
+                    "model.blocks.0.mlp.fc2.weight",
+                    "model.blocks.1.attn.qkv.weight",
+                    "model.blocks.1.attn.proj.weight",
+                    "model.blocks.1.mlp.fc1.weight",
+                    "model.blocks.1.mlp.fc2.weight",
+                    "model.pooler.weight",
+                    "model.itm_head.weight",
+                    "model.mlm_head.dense.weight",
+                ],
+            ),
+            (0.001, 0.01, ["model.vqa_head.0.weight", "model.vqa_head.3.weight"]),
+            (
+                0.001,
+                0.0,
+                ["model.vqa_head.0.bias", "model.vqa_head.1.weight", "model.vqa_head.1.bias", "model.vqa_head.3.bias"],
+            ),
+        ],
+    ),
+    "vilt_retrieval": dict(
+        optimizer="AdamW",
+        defaults={"lr": 0.0001, "betas": [0.9, 0.98], "eps": 1e-08, "weight_decay": 0.01, "fused": None},
+        schedule=[0.1, 1.0, 1.0, 0.5555555555555556, 0.011111111111111112, 0.0],
+        groups=[
+            (
+                0.0001,
+                0.0,
+                [
+                    "model.cls_token",
+                    "model.pos_embed",
+                    "model.text_embed.norm.weight",
+                    "model.text_embed.norm.bias",
+                    "model.patch_embed.proj.bias",
+                    "model.blocks.0.norm1.weight",
+                    "model.blocks.0.norm1.bias",
+                    "model.blocks.0.attn.qkv.bias",
+                    "model.blocks.0.attn.proj.bias",
+                    "model.blocks.0.norm2.weight",
+                    "model.blocks.0.norm2.bias",
+                    "model.blocks.0.mlp.fc1.bias",
+                    "model.blocks.0.mlp.fc2.bias",
+                    "model.blocks.1.norm1.weight",
+                    "model.blocks.1.norm1.bias",
+                    "model.blocks.1.attn.qkv.bias",
+                    "model.blocks.1.attn.proj.bias",
+                    "model.blocks.1.norm2.weight",
+                    "model.blocks.1.norm2.bias",
+                    "model.blocks.1.mlp.fc1.bias",
+                    "model.blocks.1.mlp.fc2.bias",
+                    "model.norm.weight",
+                    "model.norm.bias",
+                    "model.pooler.bias",
+                    "model.itm_head.bias",
+                    "model.mlm_head.bias",
+                    "model.mlm_head.dense.bias",
+                    "model.mlm_head.norm.weight",
+                    "model.mlm_head.norm.bias",
+                ],
+            ),
+            (
+                0.0001,
+                0.01,
+                [
+                    "model.text_embed.word_embed.weight",
+                    "model.text_embed.pos_embed.weight",
+                    "model.text_embed.type_embed.weight",
+                    "model.patch_embed.proj.weight",
+                    "model.modality_embed.weight",
+                    "model.blocks.0.attn.qkv.weight",
+                    "model.blocks.0.attn.proj.weight",
+                    "model.blocks.0.mlp.fc1.weight",
+                    "model.blocks.0.mlp.fc2.weight",
+                    "model.blocks.1.attn.qkv.weight",
+                    "model.blocks.1.attn.proj.weight",
+                    "model.blocks.1.mlp.fc1.weight",
+                    "model.blocks.1.mlp.fc2.weight",
+                    "model.pooler.weight",
+                    "model.itm_head.weight",
+                    "model.mlm_head.dense.weight",
+                ],
+            ),
+            (0.0001, 0.01, ["model.rank_head.weight"]),
+            (0.0001, 0.0, ["model.rank_head.bias"]),
+        ],
+    ),
+}
