@@ -7,11 +7,9 @@ checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never si
 import importlib
 import importlib.util
 import json
-import pickle
 import re
 import signal
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from lit_vit.callbacks.resume import ExactResume, stopped_by
 from lit_vit.cli_parser import EpilogFormatter, LitViTParser
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, user_message
+from lit_vit.models import weights
 from lit_vit.run_folder import (
     disk_error,
     disk_error_message,
@@ -55,42 +54,26 @@ class FitConfigSaver(SaveConfigCallback):
 
 
 def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
-    """Load a Lightning checkpoint safely (weights_only=True) or stop with an error that names the file and the fix:
-    missing, empty, truncated, not a checkpoint (e.g. a bare weights file or a pickle of Python objects)."""
+    """A Lightning checkpoint read by `weights.read` (safe: weights_only=True), or an error that names the file and
+    the fix: missing, empty, truncated, not a checkpoint (e.g. a bare weights file or a pickle of Python objects)."""
     best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
     earlier = (
         f"resume from {best} or an earlier copy of the checkpoint"
         if best is not None and best.is_file() and best.resolve() != path.resolve()
         else "use another checkpoint of the run (best.ckpt, last.ckpt) or an earlier copy"
     )
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt file written by lit_vit")
-    if path.stat().st_size == 0:
-        raise ConfigError(f"checkpoint {path} is empty (0 bytes): it was not written completely; {earlier}")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(
-            f"{path} is not a readable checkpoint (truncated, or not a file written by torch.save); {earlier}. "
-            "lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(
-            f"{path} holds Python objects other than tensors and plain containers, which lit_vit does not unpickle "
-            f"(weights_only=True: a checkpoint can run code); give a checkpoint written by lit_vit "
-            f"({str(err).splitlines()[0][:120]})"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - a damaged archive: reported with the file and the fix
-        raise ConfigError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}): "
-            f"the file is damaged; {earlier}"
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    tensors, meta = weights.read(
+        path,
+        what="checkpoint",
+        expect="a .ckpt file written by lit_vit",
+        advice=f"{earlier}. lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt",
+    )
+    if meta["format"] != "lightning":
         raise ConfigError(
             f"{path} is not a Lightning checkpoint (no state_dict / loop state), e.g. a bare weights file: to start "
             "from its weights use --model.init_args.pretrained <file> (and no --ckpt_path)"
         )
-    return ckpt
+    return {**{k: v for k, v in meta.items() if k not in ("format", "nested", "path")}, "state_dict": tensors}
 
 
 # What a fit that stopped before its first logged step leaves behind (e.g. data checked at setup): nothing trained, so a

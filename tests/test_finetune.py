@@ -12,6 +12,7 @@ from lit_vit.data import DigitsDataModule
 from lit_vit.errors import ConfigError
 from lit_vit.models import HybridViT, T2TViT, VisionTransformer
 from lit_vit.models.layers import POS_EMBED_KINDS
+from lit_vit.models.weights import load_pretrained
 from lit_vit.modules import ImageClassifier
 
 torch.set_num_threads(1)
@@ -65,11 +66,12 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
     x16, x24 = torch.randn(3, 1, 16, 16), torch.randn(3, 1, 24, 24)
 
     same = vit(16, kind, seed=1)
-    same.load_pretrained(path)
+    load_pretrained(same, path)
     torch.testing.assert_close(features(same, x16), features(a, x16), rtol=0, atol=0)
 
     big = vit(24, kind, seed=1)  # 4x4 -> 6x6 patch grid
-    big.load_pretrained(path)
+    report = load_pretrained(big, path)
+    assert report.resampled == (None if kind in ("none", "sincos_2d", "rope_2d") else ((4, 4), (6, 6)))
     resized = copy.deepcopy(a)
     resized.resize_pos_embed(24)
     for (name, p), (_, q) in zip(big.pos_embed.named_parameters(), resized.pos_embed.named_parameters()):
@@ -80,11 +82,11 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
 
     bare = vit(24, kind, seed=3)  # a bare state dict (no `backbone.` prefix; sincos_2d / none store no pos keys)
     torch.save(a.state_dict(), tmp_path / "bare.pth")
-    bare.load_pretrained(str(tmp_path / "bare.pth"))
+    load_pretrained(bare, str(tmp_path / "bare.pth"))
     torch.testing.assert_close(features(bare, x24), features(big, x24), rtol=0, atol=0)
 
     back = vit(16, kind, seed=2)  # and back to the old size from the new-size weights
-    back.load_pretrained(save_ckpt(big, tmp_path / "big.ckpt"))
+    load_pretrained(back, save_ckpt(big, tmp_path / "big.ckpt"))
     if kind in ("none", "sincos_2d"):  # nothing grid-shaped is stored: the round trip is exact
         torch.testing.assert_close(features(back, x16), features(a, x16), rtol=0, atol=0)
     else:  # bicubic / linear up- then down-sampling is not invertible; it must equal the two resizes
@@ -99,10 +101,12 @@ def test_hybrid_checkpoint_loads_at_a_new_size_as_its_own_resize(kind, tmp_path)
     path = save_ckpt(a, tmp_path / "a.ckpt")
     x16, x24 = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 24, 24)
     same = hybrid(16, kind, seed=1)
-    same.load_pretrained(path)
+    load_pretrained(same, path)
     torch.testing.assert_close(features(same, x16), features(a, x16), rtol=0, atol=0)
     big = hybrid(24, kind, seed=1)  # 4x4 -> 6x6 token grid
-    big.load_pretrained(path)
+    report = load_pretrained(big, path)
+    assert report.family == "hybrid" and report.skipped_head == ["head.weight", "head.bias"]
+    assert report.resampled == (None if kind in ("none", "sincos_2d", "rope_2d") else ((4, 4), (6, 6)))
     torch.testing.assert_close(features(big, x24), features(a, x24), rtol=1e-5, atol=1e-5)
 
 
@@ -111,11 +115,12 @@ def test_t2t_vit_checkpoint_loads_at_a_new_size_as_its_own_resize(kind, tmp_path
     a = trained_like(t2t(32, kind))
     path = save_ckpt(a, tmp_path / "a.ckpt")
     same = t2t(32, kind, seed=1)
-    same.load_pretrained(path)
+    load_pretrained(same, path)
     x32, x48 = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 48, 48)
     torch.testing.assert_close(features(same, x32), features(a, x32), rtol=0, atol=0)
     big = t2t(48, kind, seed=1)  # 2x2 -> 3x3 token grid
-    big.load_pretrained(path)
+    report = load_pretrained(big, path)
+    assert (report.family, report.layout, report.resampled) == ("t2t_vit", "lit_vit", ((2, 2), (3, 3)))
     torch.testing.assert_close(features(big, x48), features(a, x48), rtol=1e-5, atol=1e-5)
 
 
@@ -126,7 +131,7 @@ def test_timm_position_table_is_resampled_as_timm_does(tmp_path):
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=7)
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ours = VisionTransformer(variant="Ti", img_size=48, patch_size=16, num_classes=10)
-    ours.load_pretrained(str(tmp_path / "timm.pth"))
+    load_pretrained(ours, str(tmp_path / "timm.pth"))
     expected = resample_abs_pos_embed(ref.pos_embed, (3, 3), (2, 2), num_prefix_tokens=1)
     torch.testing.assert_close(ours.pos_embed.pos_embed, expected, rtol=1e-6, atol=1e-6)
 
@@ -134,9 +139,9 @@ def test_timm_position_table_is_resampled_as_timm_does(tmp_path):
 def test_a_checkpoint_of_another_kind_or_width_is_refused_with_the_keys(tmp_path):
     path = save_ckpt(vit(16, "learned_2d"), tmp_path / "a.ckpt")
     with pytest.raises(ConfigError, match="missing keys: pos_embed.relative_bias_table"):
-        vit(24, "relative").load_pretrained(path)
+        load_pretrained(vit(24, "relative"), path)
     with pytest.raises(ConfigError, match="position embedding does not fit"):
-        vit(24, "learned_2d", embed_dim=16).load_pretrained(path)
+        load_pretrained(vit(24, "learned_2d", embed_dim=16), path)
 
 
 class Capture(Callback):

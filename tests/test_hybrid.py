@@ -5,7 +5,7 @@ from timm.models.vision_transformer_hybrid import checkpoint_filter_fn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models import HybridViT, VisionTransformer
-from lit_vit.models.weights.hybrid import load_hybrid_weights
+from lit_vit.models.weights import load_pretrained
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -85,7 +85,7 @@ def test_outputs_equal_timm_for_the_same_random_weights(tmp_path, timm_name, siz
     assert not list(ref.buffers()) and not list(ours.buffers())  # nothing left uninitialised by to_empty
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ours = ours.to_empty(device="cpu").eval()
-    assert load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True) == {"skipped": []}
+    assert load_pretrained(ours, tmp_path / "timm.pth", load_head=True).skipped_head == []
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         expected = ref(x)
@@ -118,7 +118,7 @@ def test_small_custom_hybrid_equals_timm_with_both_paddings_and_odd_sizes(tmp_pa
         img_size=40, in_chans=2, num_classes=5, layers=[1, 2], widths=[32, 64], stem_width=16, num_groups=4,
         padding=padding, embed_dim=32, depth=2, num_heads=4, pool="gap",
     ).eval()  # fmt: skip
-    load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True)
+    load_pretrained(ours, tmp_path / "timm.pth", load_head=True)
     x = torch.randn(3, 2, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -132,7 +132,7 @@ def test_weights_of_224_loaded_at_384_equal_timm_resampling(tmp_path):
     ref384 = timm.create_model("vit_tiny_r_s16_p8_384", pretrained=False, num_classes=10).eval()
     ref384.load_state_dict(checkpoint_filter_fn(ref224.state_dict(), ref384))  # timm's own table resampling
     ours = HybridViT("R-Ti/16", img_size=384, num_classes=10).eval()
-    load_hybrid_weights(ours, tmp_path / "timm224.pth", load_head=True)
+    load_pretrained(ours, tmp_path / "timm224.pth", load_head=True)
     assert ours.pos_embed.pos_embed.shape == ref384.pos_embed.shape == (1, 1 + 12 * 12, 192)
     x = torch.randn(1, 3, 384, 384)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_timm_384_name_builds_the_384_model_and_equals_timm(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ours = HybridViT("vit_small_r26_s32_384", num_classes=10).eval()
     assert ours.img_size == (384, 384) and ours.grid == (12, 12)
-    load_hybrid_weights(ours, tmp_path / "timm.pth", load_head=True)
+    load_pretrained(ours, tmp_path / "timm.pth", load_head=True)
     x = torch.randn(1, 3, 384, 384)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
@@ -198,21 +198,23 @@ def test_lit_vit_checkpoint_round_trip_and_wrong_layout_is_named(tmp_path):
     src = randomise(tiny()).eval()
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "lit.ckpt")
     dst = tiny().eval()
-    assert load_hybrid_weights(dst, tmp_path / "lit.ckpt") == {"skipped": ["head.weight", "head.bias"]}
+    report = load_pretrained(dst, tmp_path / "lit.ckpt")
+    assert (report.family, report.layout, report.skipped_head) == ("hybrid", "lit_vit", ["head.weight", "head.bias"])
+    assert report.resampled is None and report.loaded == len(dst.state_dict()) - 2
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(dst.forward_features(x), src.forward_features(x))
     with pytest.raises(ConfigError, match=r"holds a custom hybrid \(layers \[1\].*build the model with that variant"):
-        load_hybrid_weights(tiny(layers=[1, 1], widths=[64, 64]), tmp_path / "lit.ckpt")
+        load_pretrained(tiny(layers=[1, 1], widths=[64, 64]), tmp_path / "lit.ckpt")
     # position parameters of any kind saved at another grid are resampled (here a relative bias, 4x4 -> 8x8 tokens)
     torch.save(tiny(pos_embed="relative").state_dict(), tmp_path / "rel16.pth")
     big = tiny(pos_embed="relative", img_size=32)
-    load_hybrid_weights(big, tmp_path / "rel16.pth")
+    assert load_pretrained(big, tmp_path / "rel16.pth").resampled == ((4, 4), (8, 8))
     assert big.pos_embed.relative_bias_table.shape == (15 * 15 + 3, 4)
     vit = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=4)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(ConfigError, match="holds a plain ViT .* not a hybrid"):
-        load_hybrid_weights(tiny(), tmp_path / "vit.pth")
+        load_pretrained(tiny(), tmp_path / "vit.pth")
 
 
 def test_hybrid_trains_resumes_and_reloads_from_the_cli_with_pixel_distances_and_measured_compute(tmp_path):

@@ -17,7 +17,7 @@ from lit_vit.errors import ConfigError
 from lit_vit.models import T2T_VARIANTS, T2TViT
 from lit_vit.models.layers import POS_EMBED_KINDS
 from lit_vit.models.t2t_vit import TokenPerformer
-from lit_vit.models.weights.t2t import load_t2t_checkpoint, read_t2t_checkpoint
+from lit_vit.models.weights import load_pretrained, read
 from lit_vit.modules import ImageClassifier
 from lit_vit.modules.optim import param_groups
 
@@ -376,7 +376,8 @@ def test_official_checkpoint_gives_the_official_outputs_at_224(tmp_path, tokens_
     ref = official_model(224, tokens_type, seed=1)
     noise = {k: v + 1.0 for k, v in ref.state_dict().items()}  # the non-EMA weights: must not be the ones loaded
     save_official(tmp_path / "t2t.pth.tar", noise, ema=ref.state_dict())
-    ours = ours_like(224, tokens_type, checkpoint=str(tmp_path / "t2t.pth.tar"))
+    ours = ours_like(224, tokens_type)
+    load_pretrained(ours, tmp_path / "t2t.pth.tar", load_head=True)
     assert ours.blocks[0].attn.scale == pytest.approx(32**-0.5)  # head_dim ** -0.5, as the official main.py trained
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -390,8 +391,9 @@ def test_384_checkpoint_into_224_model_matches_the_official_transfer(tmp_path, t
     ref384 = official_model(384, tokens_type, seed=2)
     torch.save(ref384.state_dict(), tmp_path / "t2t_384.pth")  # a bare state dict
     ours = ours_like(224, tokens_type)
-    skipped = load_t2t_checkpoint(ours, tmp_path / "t2t_384.pth")
-    assert skipped == []
+    report = load_pretrained(ours, tmp_path / "t2t_384.pth", load_head=True)
+    assert report.skipped_head == [] and report.resampled == ((24, 24), (14, 14))
+    assert (report.family, report.layout, report.missing) == ("t2t_vit", "official", [])
     # the official transfer: build at 224, resize the table with its resize_pos_embed, load
     ref224 = official_model(224, tokens_type, seed=3)
     sd = dict(ref384.state_dict())
@@ -405,7 +407,8 @@ def test_384_checkpoint_into_224_model_matches_the_official_transfer(tmp_path, t
 def test_224_checkpoint_into_384_model_resizes_the_table_as_the_official_code(tmp_path):
     ref = official_model(224, "performer", seed=4)
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "t2t.pth")
-    ours = ours_like(384, "performer", checkpoint=str(tmp_path / "t2t.pth"))
+    ours = ours_like(384, "performer")
+    assert load_pretrained(ours, tmp_path / "t2t.pth", load_head=True).resampled == ((14, 14), (24, 24))
     expected = official_resize_pos_embed(ref.pos_embed, torch.zeros(1, 577, 64))
     assert torch.equal(ours.pos_embed.pos_embed, expected)
     assert not ours.pos_embed.pos_embed.requires_grad
@@ -417,12 +420,15 @@ def test_checkpoint_keys_ema_choice_head_and_scale(tmp_path):
     ref = official_model(224, "transformer", seed=5)
     plain = {k: v * 2 for k, v in ref.state_dict().items()}
     save_official(tmp_path / "c.pth.tar", plain, ema=ref.state_dict())
-    assert torch.equal(read_t2t_checkpoint(tmp_path / "c.pth.tar")["head.weight"], ref.head.weight)
-    assert torch.equal(read_t2t_checkpoint(tmp_path / "c.pth.tar", use_ema=False)["head.weight"], plain["head.weight"])
+    tensors, meta = read(tmp_path / "c.pth.tar")
+    assert torch.equal(tensors["head.weight"], ref.head.weight) and meta["nested"] == "state_dict_ema"
+    plain_model = T2TViT(img_size=224, tokens_type="transformer", num_classes=5, **REF)
+    load_pretrained(plain_model, tmp_path / "c.pth.tar", load_head=True, use_ema=False)
+    assert torch.equal(plain_model.head.weight, plain["head.weight"])
     # fine-tuning on 3 classes: the 5-class head is not loaded, everything else is
     ours = T2TViT(img_size=224, tokens_type="transformer", num_classes=3, qk_scale=0.25, **REF)
     head = ours.head.weight.detach().clone()
-    assert load_t2t_checkpoint(ours, tmp_path / "c.pth.tar") == ["head.weight", "head.bias"]
+    assert load_pretrained(ours, tmp_path / "c.pth.tar", load_head=True).skipped_head == ["head.weight", "head.bias"]
     assert torch.equal(ours.head.weight, head) and torch.equal(ours.norm.weight, ref.norm.weight)
     assert ours.blocks[1].attn.scale == 0.25  # an explicit qk_scale is kept
 
@@ -433,32 +439,26 @@ def test_mismatched_checkpoints_name_the_keys_and_the_fix(tmp_path):
     renamed = {k.replace("blocks.1.", "layers.1."): v for k, v in sd.items()}
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(ConfigError, match=r"missing keys: blocks\.1\.norm1\.weight.*unexpected keys: layers\.1\.") as e:
-        load_t2t_checkpoint(ours_like(224, "performer"), tmp_path / "renamed.pth")
+        load_pretrained(ours_like(224, "performer"), tmp_path / "renamed.pth")
     assert "in all" in str(e.value)  # counts beyond the first few
     # a performer checkpoint into a transformer model: the w keys are unexpected, the qkv keys missing
     torch.save(sd, tmp_path / "performer.pth")
     with pytest.raises(ConfigError, match=r"attention1\.attn\.qkv\.weight.*attention1\.w.*custom T2T-ViT \(performer"):
-        load_t2t_checkpoint(ours_like(224, "transformer"), tmp_path / "performer.pth")
+        load_pretrained(ours_like(224, "transformer"), tmp_path / "performer.pth")
     # right keys, wrong widths
     with pytest.raises(ConfigError, match=r"shape mismatches.*cls_token \(1, 1, 64\) vs \(1, 1, 32\)"):
-        T2TViT(
-            img_size=224,
-            tokens_type="performer",
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            checkpoint=str(tmp_path / "performer.pth"),
-        )
+        narrow = T2TViT(img_size=224, tokens_type="performer", embed_dim=32, depth=2, num_heads=2)
+        load_pretrained(narrow, tmp_path / "performer.pth")
     with pytest.raises(ConfigError, match="learned_1d"):
-        load_t2t_checkpoint(ours_like(224, "performer", pos_embed="sincos_2d"), tmp_path / "performer.pth")
+        load_pretrained(ours_like(224, "performer", pos_embed="sincos_2d"), tmp_path / "performer.pth")
 
 
 def test_checkpoints_are_read_without_unpickling_code(tmp_path):
     torch.save({"state_dict": {"cls_token": torch.zeros(1)}, "hook": ConfigError("boom")}, tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="weights_only"):
-        read_t2t_checkpoint(tmp_path / "evil.pth")
+        load_pretrained(ours_like(224, "performer"), tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="does not exist"):
-        read_t2t_checkpoint(tmp_path / "missing.pth.tar")
+        load_pretrained(ours_like(224, "performer"), tmp_path / "missing.pth.tar")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -511,16 +511,19 @@ def official_layout(model: T2TViT) -> dict[str, torch.Tensor]:
     return {("pos_embed" if k == "pos_embed.pos_embed" else k): v for k, v in model.state_dict().items()}
 
 
-def test_cli_fine_tunes_from_an_official_checkpoint_given_to_the_backbone(run_dir, tmp_path):
+def test_cli_fine_tunes_from_an_official_checkpoint_given_as_pretrained(run_dir, tmp_path):
     torch.manual_seed(0)
     source = T2TViT(img_size=64, in_chans=1, tokens_type="performer", num_classes=1000, **TINY)  # a 4x4 table
     save_official(tmp_path / "official.pth.tar", official_layout(source))
-    backbone = {
-        **T2T_BACKBONE,
-        "init_args": {**T2T_BACKBONE["init_args"], "checkpoint": str(tmp_path / "official.pth.tar")},
-    }
+    backbone = T2T_BACKBONE
     # the official transfer recipe's shape: SGD, the head at its own learning rate; body lr 0 so it must stay as loaded
-    recipe = ["--model.optimizer=sgd", "--model.momentum=0.9", "--model.lr=0.0", "--model.head_lr=0.05"]
+    recipe = [
+        f"--model.pretrained={tmp_path / 'official.pth.tar'}",
+        "--model.optimizer=sgd",
+        "--model.momentum=0.9",
+        "--model.lr=0.0",
+        "--model.head_lr=0.05",
+    ]
     main(t2t_fit_args(run_dir, backbone=backbone, max_epochs=1, limit_batches=2) + recipe)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = ckpt["state_dict"]
@@ -541,7 +544,7 @@ def test_classifier_pretrained_route_loads_released_weights_with_the_default_sca
     ref = official_model(224, "performer", seed=7)
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "t2t.pth")
     ours = ours_like(224, "performer")
-    ours.load_pretrained(str(tmp_path / "t2t.pth"))
+    load_pretrained(ours, str(tmp_path / "t2t.pth"), load_head=True)
     assert torch.equal(ours.tokens_to_token.attention2.w, ref.tokens_to_token.attention2.w)
     assert ours.blocks[0].attn.scale == pytest.approx(32**-0.5)  # head_dim ** -0.5, not embed_dim ** -0.5
     x = torch.randn(1, 3, 224, 224)

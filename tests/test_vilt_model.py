@@ -5,14 +5,8 @@ import torch
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.vilt import ViLT, ipot, wpa_distance
-from lit_vit.models.weights.vilt import (
-    convert_hf_vilt,
-    convert_original_vilt,
-    detect_layout,
-    load_vilt_weights,
-    read_state_dict,
-    to_original_vilt,
-)
+from lit_vit.models.weights import heads_not_loaded, load_pretrained
+from lit_vit.models.weights.vilt import convert_hf_vilt, convert_original_vilt, detect_layout, to_original_vilt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,7 +93,7 @@ def test_parity_with_transformers_vilt_model(monkeypatch):
     torch.manual_seed(0)
     hf = transformers.ViltModel(hf_config()).eval()
     ours = ViLT(**TINY, drop_rate=0.0, norm_eps=1e-12).eval()
-    load_vilt_weights(ours, hf.state_dict())
+    load_pretrained(ours, hf.state_dict())
     image, mask = two_sizes()
     ids = torch.tensor([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0]])
     text_mask = (ids > 0).long()
@@ -116,8 +110,9 @@ def test_parity_with_transformers_masked_lm_and_itm(monkeypatch):
     torch.manual_seed(1)
     hf = transformers.ViltForMaskedLM(hf_config()).eval()
     ours = ViLT(**TINY, drop_rate=0.0, norm_eps=1e-12).eval()
-    skipped = load_vilt_weights(ours, hf.state_dict())
-    assert "mlm_head" not in skipped
+    report = load_pretrained(ours, hf.state_dict())
+    assert "mlm_head" not in heads_not_loaded(report) and "itm_head" in heads_not_loaded(report)  # MLM only
+    assert (report.family, report.layout, report.skipped_head, report.unexpected) == ("vilt", "hf", [], [])
     image, mask = two_sizes()
     ids = torch.tensor([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0]])
     monkeypatch.setattr(torch, "multinomial", identity_multinomial)
@@ -133,7 +128,7 @@ def test_parity_with_transformers_vqa_and_retrieval_heads(monkeypatch):
     cfg = hf_config(num_labels=7)
     vqa = transformers.ViltForQuestionAnswering(cfg).eval()
     ours = ViLT(**TINY, drop_rate=0.0, norm_eps=1e-12, num_answers=7).eval()
-    load_vilt_weights(ours, vqa.state_dict(), strict_heads=False)
+    load_pretrained(ours, vqa.state_dict())
     image, mask = two_sizes()
     ids = torch.tensor([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0]])
     monkeypatch.setattr(torch, "multinomial", identity_multinomial)
@@ -142,7 +137,7 @@ def test_parity_with_transformers_vqa_and_retrieval_heads(monkeypatch):
         assert torch.allclose(ours.vqa_logits(ours(ids, (ids > 0).long(), image, mask)), ref, atol=1e-5)
     rank = transformers.ViltForImageAndTextRetrieval(hf_config()).eval()
     ours = ViLT(**TINY, drop_rate=0.0, norm_eps=1e-12, rank_head=True).eval()
-    load_vilt_weights(ours, rank.state_dict())
+    load_pretrained(ours, rank.state_dict())
     with torch.no_grad():
         ref = rank(input_ids=ids, attention_mask=(ids > 0).long(), pixel_values=image, pixel_mask=mask).logits
         assert torch.allclose(ours.rank_scores(ours(ids, (ids > 0).long(), image, mask)), ref[:, 0], atol=1e-5)
@@ -199,7 +194,9 @@ def test_original_layout_loads_and_round_trips(tmp_path):
     path = tmp_path / "vilt_original.ckpt"
     torch.save({"state_dict": sd, "epoch": 3}, path)
     model = tiny()
-    assert load_vilt_weights(model, read_state_dict(path)) == []
+    report = load_pretrained(model, path)
+    assert heads_not_loaded(report) == [] and report.missing == [] and report.layout == "original"
+    assert report.loaded == len(model.state_dict()) and report.source == str(path)
     assert torch.equal(model.blocks[1].attn.qkv.weight, sd["transformer.blocks.1.attn.qkv.weight"])
     assert torch.equal(model.modality_embed.weight, sd["token_type_embeddings.weight"])
     back = to_original_vilt(model.state_dict())
@@ -220,21 +217,21 @@ def test_hf_conversion_fuses_query_key_value():
 def test_position_table_of_another_grid_is_interpolated():
     sd = original_layout_state_dict(grid=6)  # a 48-pixel pre-training grid into a 32-pixel model
     model = tiny()
-    load_vilt_weights(model, sd)
+    assert load_pretrained(model, sd).resampled == ((6, 6), (4, 4))
     assert model.pos_embed.shape == (1, 17, 32)
     assert torch.equal(model.pos_embed[:, 0], sd["transformer.pos_embed"][:, 0])
 
 
 def test_wrong_checkpoint_layout_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot recognise the checkpoint layout"):
-        load_vilt_weights(tiny(), {"conv1.weight": torch.zeros(1)})
+        load_pretrained(tiny(), {"conv1.weight": torch.zeros(1)})
     sd = original_layout_state_dict(depth=3)
     with pytest.raises(ConfigError, match="does not match this ViLT.*blocks.2"):
-        load_vilt_weights(tiny(), sd)
+        load_pretrained(tiny(), sd)
     with pytest.raises(ConfigError, match="shape mismatch.*word_embed"):
-        load_vilt_weights(tiny(vocab_size=60), original_layout_state_dict())
-    with pytest.raises(ConfigError, match="do not exist"):
-        read_state_dict(tmp_path / "nope.ckpt")
+        load_pretrained(tiny(vocab_size=60), original_layout_state_dict())
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pretrained(tiny(), tmp_path / "nope.ckpt")
 
 
 def test_ipot_plan_is_a_coupling_of_uniform_masses():

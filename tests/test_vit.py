@@ -6,7 +6,7 @@ import torchvision
 from lit_vit.errors import ConfigError
 from lit_vit.models import VisionTransformer
 from lit_vit.models.layers import POS_EMBED_KINDS
-from lit_vit.models.weights import load_vit_weights
+from lit_vit.models.weights import load_pretrained
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -114,7 +114,7 @@ def test_outputs_equal_timm_with_converted_weights(tmp_path, pool, timm_pool):
     ).eval()
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ours = tiny(pool=pool).eval()
-    load_vit_weights(ours, tmp_path / "timm.pth", load_head=True)
+    load_pretrained(ours, tmp_path / "timm.pth", load_head=True)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
@@ -127,7 +127,7 @@ def test_outputs_equal_torchvision_with_converted_weights(tmp_path):
     torch.nn.init.normal_(ref.heads.head.weight)  # torchvision zero-initialises its head
     torch.save(ref.state_dict(), tmp_path / "tv.pth")
     ours = tiny().eval()
-    load_vit_weights(ours, tmp_path / "tv.pth", load_head=True)
+    load_pretrained(ours, tmp_path / "tv.pth", load_head=True)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
@@ -140,7 +140,9 @@ def test_loading_weights_of_another_resolution_gives_timms_model_at_that_resolut
     ref = timm.models.vision_transformer.VisionTransformer(img_size=32, **kw).eval()
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ours = tiny(img_size=48).eval()
-    assert load_vit_weights(ours, tmp_path / "timm.pth") == {"skipped": ["head.weight", "head.bias"]}
+    report = load_pretrained(ours, tmp_path / "timm.pth")
+    assert report.skipped_head == ["head.weight", "head.bias"] and report.resampled == ((4, 4), (6, 6))
+    assert (report.family, report.layout, report.missing, report.unexpected) == ("vit", "timm", [], [])
     table = ours.pos_embed.pos_embed
     assert table.shape == (1, 1 + 36, 32)
     expected = resample_abs_pos_embed(ref.pos_embed, (6, 6), (4, 4), num_prefix_tokens=1)  # class-token row kept
@@ -167,7 +169,7 @@ def test_a_saved_model_loads_back_to_the_same_outputs_and_a_changed_weight_shows
     loaded = tiny(pos_embed=pos_embed).eval()
     x = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(loaded(x), model(x))  # another init: the load below has something to do
-    assert load_vit_weights(loaded, tmp_path / "a.pth", load_head=True) == {"skipped": []}
+    assert load_pretrained(loaded, tmp_path / "a.pth", load_head=True).skipped_head == []
     assert loaded.state_dict().keys() == sd.keys()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
     assert torch.equal(loaded(x), model(x))
@@ -175,7 +177,7 @@ def test_a_saved_model_loads_back_to_the_same_outputs_and_a_changed_weight_shows
     changed = {k: v.clone() for k, v in sd.items()}
     changed["blocks.1.attn.qkv.weight"][0, 0] += 1.0
     torch.save(changed, tmp_path / "b.pth")
-    load_vit_weights(loaded, tmp_path / "b.pth", load_head=True)
+    load_pretrained(loaded, tmp_path / "b.pth", load_head=True)
     assert torch.equal(loaded.blocks[1].attn.qkv.weight, changed["blocks.1.attn.qkv.weight"])
     assert not torch.allclose(loaded(x), model(x))
 
@@ -186,10 +188,10 @@ def test_mismatched_checkpoint_names_missing_and_unexpected_keys(tmp_path):
     del sd["blocks.1.norm2.weight"]
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match=r"missing keys: blocks\.1\.norm2\.weight.*unexpected keys: blocks\.9"):
-        load_vit_weights(tiny(), tmp_path / "bad.pth")
+        load_pretrained(tiny(), tmp_path / "bad.pth")
 
 
 def test_a_file_that_needs_unpickling_code_is_refused(tmp_path):
     torch.save({"model": tiny().state_dict(), "extra": object.__new__(torch.nn.Identity)}, tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="weights_only=True"):
-        load_vit_weights(tiny(), tmp_path / "evil.pth")
+        load_pretrained(tiny(), tmp_path / "evil.pth")

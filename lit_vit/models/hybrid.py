@@ -140,10 +140,3 @@ class HybridViT(VisionTransformer):
             layers, widths, patch_size, in_chans, self.embed_dim, stem_width, num_groups, padding
         )
         self.variant, self.in_chans = name, in_chans
-
-    def load_pretrained(self, path: str) -> list[str]:
-        """Load timm hybrid or lit_vit weights (safe loading; position table resampled; head kept as is). Returns the
-        checkpoint keys deliberately not loaded (its head)."""
-        from lit_vit.models.weights.hybrid import load_hybrid_weights
-
-        return load_hybrid_weights(self, path)["skipped"]

@@ -189,9 +189,9 @@ class T2TViT(nn.Module):
         drop_rate: dropout after the embeddings, in MLPs and projections of the blocks.
         attn_drop_rate: dropout on attention weights of the blocks.
         drop_path_rate: stochastic depth rate, increasing linearly with depth up to this value.
-        checkpoint: path of an official T2T-ViT checkpoint (.pth / .pth.tar) to start from; a head of another
-            size is left freshly initialised, and the position table is resized to img_size.
-        checkpoint_ema: load the checkpoint's EMA weights (`state_dict_ema`) when it has them.
+
+    Official or lit_vit weights: `lit_vit.models.weights.load_pretrained(model, path)` (in a run:
+    `model.init_args.pretrained`).
     """
 
     def __init__(
@@ -212,8 +212,6 @@ class T2TViT(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        checkpoint: str | None = None,
-        checkpoint_ema: bool = True,
     ) -> None:
         super().__init__()
         dims = dict(T2T_VARIANTS[resolve_variant(variant) if variant is not None else "T2T-ViT-14"])
@@ -251,10 +249,6 @@ class T2TViT(nn.Module):
 
         self.apply(init_weights)  # trunc normal 0.02 for every Linear, T2T module included, as the official code
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if checkpoint is not None:
-            from lit_vit.models.weights.t2t import load_t2t_checkpoint  # the loader imports this module
-
-            load_t2t_checkpoint(self, checkpoint, use_ema=checkpoint_ema)
 
     @property
     def num_features(self) -> int:
@@ -274,18 +268,6 @@ class T2TViT(nn.Module):
         self.qk_scale = scale
         for block in self.blocks:
             block.attn.scale = scale if scale is not None else block.attn.head_dim**-0.5
-
-    def load_pretrained(self, path: str) -> list[str]:
-        """Official T2T-ViT weights, or a lit_vit T2T-ViT checkpoint (.ckpt or state dict, any pos_embed kind and
-        image size), for ImageClassifier(pretrained=...); the head is loaded only if it fits.
-
-        The released weights were trained with the default attention scale head_dim ** -0.5 (the official main.py
-        builds every model with pretrained=False and no qk_scale), so no scale has to be set. Returns the checkpoint
-        keys deliberately not loaded (a head of another size).
-        """
-        from lit_vit.models.weights.t2t import load_t2t_checkpoint
-
-        return load_t2t_checkpoint(self, path)
 
     def reset_classifier(self, num_classes: int, zero_init: bool = False) -> None:
         """Replace the head (fine-tuning); zero_init gives a zero-initialised head."""

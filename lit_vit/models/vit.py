@@ -127,13 +127,6 @@ class VisionTransformer(nn.Module):
         self.grid = grid_size(self.img_size, self.patch_embed.patch_size)
         self.pos_embed.resize(self.grid)
 
-    def load_pretrained(self, path: str) -> list[str]:
-        """Load timm / torchvision / lit_vit weights (safe loading; position table resampled; head kept as is).
-        Returns the checkpoint keys deliberately not loaded (its head)."""
-        from lit_vit.models.weights.vit import load_vit_weights
-
-        return load_vit_weights(self, path)["skipped"]
-
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the first block: [class token; patches] + position embedding, and the patch grid."""
         x, grid = self.patch_embed(x)

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.errors import ConfigError
-from lit_vit.models.weights.io import read_weights_file
+from lit_vit.models import weights
 from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
 from lit_vit.modules.optim import build_optimizer, cosine_schedule, layer_ids, param_groups
 
@@ -36,7 +36,7 @@ def architecture_difference(pretrained: str, backbone: Any) -> tuple[str, str] |
     """(the checkpoint's architecture, this model's) when `pretrained` is a lit_vit checkpoint whose backbone differs
     from `backbone` (the module's backbone config) in an ARCHITECTURE_KEYS option or class; else None."""
     try:
-        hparams = read_weights_file(pretrained).get("hyper_parameters") or {}
+        hparams = weights.read(pretrained)[1].get("hyper_parameters") or {}
     except ConfigError:
         return None
     if not isinstance(hparams, dict) or not hparams.get("backbone"):
@@ -195,10 +195,8 @@ class ImageClassifier(L.LightningModule):
         if self.hparams.get("num_classes") is None or self.hparams.get("class_names") is None:
             self._set_classes(n, list(names))
         if stage == "fit" and self.hparams.pretrained and self.trainer.ckpt_path is None:
-            if not hasattr(self.backbone, "load_pretrained"):
-                raise ConfigError(f"backbone {type(self.backbone).__name__} cannot load pretrained weights")
             try:
-                skipped = self.backbone.load_pretrained(self.hparams.pretrained)
+                report = weights.load_pretrained(self.backbone, self.hparams.pretrained)
             except (ConfigError, RuntimeError) as err:
                 other = architecture_difference(self.hparams.pretrained, self.hparams.backbone)
                 if other is None:
@@ -208,13 +206,10 @@ class ImageClassifier(L.LightningModule):
                     f"is {other[1]}: its weights do not fit. Build the backbone as in the checkpoint (its run's "
                     "config.yaml), changing only img_size / num_classes / regularisation for fine-tuning"
                 ) from err
+            new_head = report.skipped_head or any(k.startswith("head.") for k in report.missing)
             rank_zero_info(
-                f"pretrained: loaded {self.hparams.pretrained} into the backbone; "
-                + (
-                    f"not loaded: {', '.join(skipped)} (the head is new: {self.hparams.num_classes} classes)"
-                    if skipped
-                    else "every tensor of the checkpoint was loaded"
-                )
+                f"pretrained: {report.summary()}"
+                + (f" (the head is new: {self.hparams.num_classes} classes)" if new_head else "")
             )
         if stage == "fit" and self.hparams.get("head_init") == "zero" and self.trainer.ckpt_path is None:
             self.backbone.reset_classifier(self.hparams.num_classes, zero_init=True)

@@ -12,13 +12,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from lit_vit.data.image_text import ImageTextDataModule
 from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
+from lit_vit.models import weights
 from lit_vit.models.vilt import ViLT, wpa_distance
-from lit_vit.models.weights.vilt import load_vilt_weights, read_checkpoint
 from lit_vit.modules.optim import build_optimizer, linear_schedule, param_groups
 
 
@@ -99,7 +100,7 @@ class ViltModule(L.LightningModule):
             )
         sd, meta = (None, {})
         if self.hparams.pretrained and not self._pretrained_loaded:
-            sd, meta = read_checkpoint(self.hparams.pretrained)
+            sd, meta = weights.read(self.hparams.pretrained)
         if self.vocab is None:
             self.vocab = meta.get("vilt_vocab")
         if self.vocab is not None:
@@ -110,9 +111,10 @@ class ViltModule(L.LightningModule):
         self.model.resize_vocab(len(self.vocab))
         self.setup_task(dm)
         if sd is not None:
-            skipped = load_vilt_weights(self.model, sd)
+            report = weights.load_pretrained(self.model, sd, source=str(self.hparams.pretrained))
             self._pretrained_loaded = True
-            self.after_pretrained(skipped)
+            rank_zero_info(f"pretrained: {report.summary()}")
+            self.after_pretrained(weights.heads_not_loaded(report))
 
     def setup_task(self, dm) -> None:
         """Task-specific heads from the data (VQA answers)."""

@@ -1,20 +1,21 @@
-"""Readers for foreign checkpoints, one module a model family: key layouts of other codebases -> ours, safe loading
-(no code runs), and one strict loader (`io.strict_load`) that lists missing / unexpected keys and shape mismatches."""
+"""Pre-trained weights for every model family: `read` (the one reader of weights and checkpoint files, no code runs)
+and `load_pretrained` (any family, any known key layout, a LoadReport of what was loaded). One module a family maps
+the key layouts of other codebases to ours (vit.py: timm / torchvision, hybrid.py: timm hybrids, t2t.py: official
+T2T-ViT, vilt.py: original ViLT / HuggingFace); io.py holds the reader and the one strict loader (`strict_load`).
 
-from lit_vit.models.weights.hybrid import load_hybrid_weights
-from lit_vit.models.weights.io import load_state_dict, strict_load
-from lit_vit.models.weights.t2t import load_t2t_checkpoint, read_t2t_checkpoint
-from lit_vit.models.weights.vilt import load_vilt_weights, read_checkpoint, to_original_vilt
-from lit_vit.models.weights.vit import load_vit_weights, vit_from_timm, vit_from_torchvision
+This folder imports the models (to know their classes); the models never import it."""
+
+from lit_vit.models.weights.io import read, strict_load
+from lit_vit.models.weights.load import load_pretrained
+from lit_vit.models.weights.report import LoadReport
+from lit_vit.models.weights.vilt import heads_not_loaded, to_original_vilt
+from lit_vit.models.weights.vit import vit_from_timm, vit_from_torchvision
 
 __all__ = [
-    "load_hybrid_weights",
-    "load_state_dict",
-    "load_t2t_checkpoint",
-    "load_vilt_weights",
-    "load_vit_weights",
-    "read_checkpoint",
-    "read_t2t_checkpoint",
+    "LoadReport",
+    "heads_not_loaded",
+    "load_pretrained",
+    "read",
     "strict_load",
     "to_original_vilt",
     "vit_from_timm",

@@ -7,15 +7,15 @@ to the model's token grid when the image size differs (bicubic, antialiased, flo
 """
 
 import re
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from lit_vit.errors import ConfigError
+from lit_vit.models.hybrid import HybridViT
 from lit_vit.models.layers import resample_state_dict
 from lit_vit.models.variants import HYBRID_VARIANTS, VIT_VARIANTS
-from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, strict_load
+from lit_vit.models.weights.report import LoadReport, grid_change, report
 from lit_vit.models.weights.vit import vit_from_timm
 
 _BLOCK = re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.")
@@ -51,27 +51,29 @@ def hybrid_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return vit_from_timm(sd)
 
 
-def load_hybrid_weights(model: nn.Module, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
-    """Load timm hybrid or lit_vit (state dict or Lightning checkpoint) weights into `model`: safe loading, strict
-    keys and shapes, any pos_embed resampled to the model's grid; the head only when `load_head` and its shape
-    matches (fine-tuning attaches a new head). Returns {"skipped": [...]}: the keys deliberately not loaded."""
-    sd = load_state_dict(path)
+def load_hybrid(model: HybridViT, sd: dict[str, torch.Tensor], source: str, load_head: bool) -> LoadReport:
+    """Load timm hybrid or lit_vit (state dict or Lightning checkpoint) weights into `model`: strict keys and shapes,
+    any pos_embed resampled to the model's grid; the head only when `load_head` and its shape matches (fine-tuning
+    attaches a new head)."""
     sd = lightning_backbone(sd)  # a Lightning checkpoint of ImageClassifier: its backbone's keys
+    layout = "lit_vit"
     if "pos_embed" in sd:
-        sd = hybrid_from_timm(sd)
+        sd, layout = hybrid_from_timm(sd), "timm"
     if not any(k.startswith("patch_embed.backbone.") for k in sd):
         raise ConfigError(
-            f"{path} holds {describe_hybrid(sd)}, not a hybrid ViT; load it into lit_vit.models.VisionTransformer, "
+            f"{source} holds {describe_hybrid(sd)}, not a hybrid ViT; load it into lit_vit.models.VisionTransformer, "
             "or give a timm hybrid checkpoint (vit_base_r50_s16_224, ...)"
         )
+    own = model.state_dict()
+    resampled = grid_change(model.pos_embed, sd)
     sd = resample_state_dict(model.pos_embed, sd)  # any pos_embed kind saved at another grid -> the model's grid
     skipped = strict_load(
         model,
         sd,
-        what=f"this hybrid ({describe_hybrid(model.state_dict())})",
-        fix=f"{path} holds {describe_hybrid(sd)}: build the model with that variant (or layers, widths, patch_size, "
-        "embed_dim, depth, pool, class_token and pos_embed of the checkpoint's model)",
+        what=f"this hybrid ({describe_hybrid(own)})",
+        fix=f"{source} holds {describe_hybrid(sd)}: build the model with that variant (or layers, widths, "
+        "patch_size, embed_dim, depth, pool, class_token and pos_embed of the checkpoint's model)",
         optional=HEAD_KEYS,
         load_optional=load_head,
     )
-    return {"skipped": skipped}
+    return report("hybrid", layout, own, sd, skipped, resampled, source)

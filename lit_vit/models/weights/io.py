@@ -1,4 +1,11 @@
+"""Reading weights and checkpoint files (`read`, the one reader: no code runs) and the one strict loader
+(`strict_load`: missing / unexpected keys and shape mismatches listed, the head skipped or kept)."""
+
+import argparse
+import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -7,45 +14,121 @@ from lit_vit.errors import ConfigError
 
 HEAD_KEYS = ("head.weight", "head.bias")  # the classification head of ViT, T2T-ViT and the hybrid
 NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+HF_FILES = ("model.safetensors", "pytorch_model.bin")  # a HuggingFace save_pretrained folder's weights
+# top-level entries that make a torch.save dict with a `state_dict` a Lightning checkpoint
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "hyper_parameters", "loops", "global_step", "epoch")
+EXPECTED = "a .ckpt, .pth, .pth.tar, .bin or .safetensors file (or a HuggingFace save_pretrained folder)"
 
 
-def read_weights_file(path: str | Path) -> dict:
-    """The top-level mapping of a .safetensors / torch.save file, read without running code (safetensors, or
-    torch.load(weights_only=True): tensors and plain containers only); a clear error for anything else."""
+def read(
+    path: str | Path,
+    *,
+    prefer: tuple[str, ...] = NESTED_KEYS,
+    what: str = "weights file",
+    expect: str = EXPECTED,
+    advice: str = "write the file again or use an earlier copy",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of a weights or checkpoint file: the one reader of lit_vit, no code runs.
+
+    .safetensors files are read with safetensors, everything else with torch.load(weights_only=True) (tensors and
+    plain containers only; argparse.Namespace allowed, the `args` of timm's training script in official T2T-ViT
+    files); a folder is a HuggingFace save_pretrained folder (model.safetensors or pytorch_model.bin).
+
+    `tensors` is the state dict, taken from the first nesting of `prefer` present (`state_dict_ema`, `model_ema`,
+    `state_dict`, `model`, `module`: EMA weights first) or the top level, `module.` prefixes removed; key prefixes of
+    a LightningModule (`backbone.`, `model.`) are kept. `meta` is everything else: the other top-level entries (a
+    Lightning checkpoint's hyper_parameters, epoch, global_step, ...; a safetensors file's metadata), `format`
+    ("safetensors", "lightning" or "torch"), `nested` (the key the tensors came from, or None) and `path`.
+
+    Raises ConfigError naming the file and the fix when it is missing, empty, truncated or damaged, holds Python
+    objects (a pickle that could run code), or holds no state dict. `what` / `expect` / `advice` word the messages
+    (the CLI's: "checkpoint", "a .ckpt file written by lit_vit", which checkpoint of the run to use instead).
+    """
     path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in HF_FILES if (path / n).is_file()]
+        if not found:
+            raise ConfigError(
+                f"{path} is a folder without model.safetensors or pytorch_model.bin; give a HuggingFace "
+                f"save_pretrained folder or {EXPECTED.split(' (')[0]}"
+            )
+        path = found[0]
     if not path.is_file():
-        raise ConfigError(f"weights file {path} does not exist; give the path of a .pth / .pth.tar / .safetensors file")
+        raise ConfigError(f"{what} {path} does not exist; give the path of {expect}")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{what} {path} is empty (0 bytes): it was not written completely; {advice}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - reported with the file name and the fix
-        raise ConfigError(
-            f"cannot read {path} as a weights file ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "Only tensors and plain containers are loaded (weights_only=True); re-save the state dict with "
-            "torch.save(model.state_dict(), path) or convert it to safetensors"
-        ) from err
+        return _read_safetensors(path, what, advice)
+    obj = _torch_load(path, what, advice)
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    return obj
-
-
-def load_state_dict(path: str | Path, prefer: tuple[str, ...] = NESTED_KEYS) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling arbitrary objects (see `read_weights_file`).
-
-    Accepts a bare state dict or one nested under a common key (`state_dict_ema`, `state_dict`, `model`, ...; the
-    first of `prefer` present wins). A Lightning checkpoint's `model.` / `backbone.` prefixes are kept as they are.
-    """
-    obj = read_weights_file(path)
-    for key in prefer:
-        if isinstance(obj.get(key), dict) and obj[key]:
-            obj = obj[key]
-            break
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    nested = next((k for k in prefer if isinstance(obj.get(k), dict) and obj[k]), None)
+    if nested is not None:
+        sd, rest = obj[nested], {k: v for k, v in obj.items() if k != nested}
+        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ConfigError(
+                f"{path}: its `{nested}` entry is not a state dict (a mapping of parameter names to tensors)"
+            )
+    else:
+        sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        rest = {k: v for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+    if not sd:
         raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    lightning = nested == "state_dict" or "state_dict" in obj
+    fmt = "lightning" if lightning and any(k in obj for k in _LIGHTNING_KEYS) else "torch"
+    meta = {**rest, "format": fmt, "nested": nested, "path": str(path)}
+    return {str(k).removeprefix("module."): v for k, v in sd.items()}, meta
+
+
+def _read_safetensors(path: Path, what: str, advice: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            extra = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - a damaged file: reported with its name and the fix
+        raise ConfigError(
+            f"{path} is not a readable {what} (truncated or damaged safetensors file: {type(err).__name__}: "
+            f"{(str(err).splitlines() or [''])[0][:160]}); {advice}"
+        ) from err
+    if not sd:
+        raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}, {
+        "metadata": extra,
+        "format": "safetensors",
+        "nested": None,
+        "path": str(path),
+    }
+
+
+def _torch_load(path: Path, what: str, advice: str) -> Any:
+    archive = zipfile.is_zipfile(path)  # torch.save's format; a truncated archive loses its central directory
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=archive)
+    except pickle.UnpicklingError as err:
+        if not archive:
+            raise ConfigError(
+                f"{path} is not a readable {what} (truncated, or not a file written by torch.save or safetensors: "
+                f"{(str(err).splitlines() or [''])[0][:160]}); {advice}"
+            ) from err
+        raise ConfigError(
+            f"{path} holds Python objects other than tensors and plain containers, which lit_vit does not unpickle "
+            "(weights_only=True: a pickle can run code); re-save the state dict with "
+            "torch.save(model.state_dict(), path) or convert it to safetensors, or give a checkpoint written by "
+            f"lit_vit ({(str(err).splitlines() or [''])[0][:120]})"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a damaged file: reported with its name and the fix
+        if not archive:
+            raise ConfigError(
+                f"{path} is not a readable {what} (truncated, or not a file written by torch.save or safetensors: "
+                f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}); {advice}"
+            ) from err
+        raise ConfigError(
+            f"cannot read {what} {path} ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}): "
+            f"the file is damaged; {advice}"
+        ) from err
 
 
 def describe_mismatch(missing: list[str], unexpected: list[str], what: str, shapes: list[str] | None = None) -> str:

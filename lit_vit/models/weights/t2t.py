@@ -4,27 +4,17 @@ The official key names (tokens_to_token.attention1, blocks.<i>.attn.qkv, ...) ar
 `pos_embed` (1, N+1, D) -> `pos_embed.pos_embed`. The released files were written by timm's training script: a dict with
 `state_dict`,
 `state_dict_ema`, the optimizer state and the training `args` (an argparse.Namespace, the one non-tensor object
-that is allowed through the safe unpickler here).
+that `io.read` lets through its safe unpickler).
 """
 
-import argparse
-from pathlib import Path
-
 import torch
-from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_state_dict, resample_table
+from lit_vit.models.t2t_vit import T2TViT
 from lit_vit.models.variants import T2T_VARIANTS
-from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
-
-
-def read_t2t_checkpoint(path: str | Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The official state dict of a .pth / .pth.tar file (`state_dict_ema` when use_ema and present, else
-    `state_dict`, else the bare dict), read with torch.load(weights_only=True); `module.` prefixes removed."""
-    prefer = ("state_dict_ema", "state_dict") if use_ema else ("state_dict",)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_state_dict(path, prefer=prefer)
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, strict_load
+from lit_vit.models.weights.report import LoadReport, grid_change, report
 
 
 def describe_checkpoint(sd: dict[str, torch.Tensor]) -> str:
@@ -42,7 +32,7 @@ def describe_checkpoint(sd: dict[str, torch.Tensor]) -> str:
     return f"{names[0] if names else 'a custom T2T-ViT'} ({tokens}, embed_dim {dim}, depth {depth})"
 
 
-def t2t_from_official(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def t2t_from_official(sd: dict[str, torch.Tensor], model: T2TViT) -> dict[str, torch.Tensor]:
     """Rename the position table and resample it to the model's token grid (2-D bicubic, class row kept). A lit_vit
     checkpoint (ImageClassifier .ckpt or a T2TViT state dict, any pos_embed kind) is resampled by its own kind.
 
@@ -64,21 +54,32 @@ def t2t_from_official(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     return resample_state_dict(model.pos_embed, sd)  # lit_vit checkpoints of any kind saved at another grid
 
 
-def load_t2t_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = True) -> list[str]:
-    """Load an official T2T-ViT checkpoint into `model` with strict key and shape checking.
+def load_t2t(model: T2TViT, sd: dict[str, torch.Tensor], source: str, load_head: bool = True) -> LoadReport:
+    """Load an official T2T-ViT checkpoint or a lit_vit T2T-ViT one (.ckpt or state dict, any pos_embed kind and
+    image size) into `model` with strict key and shape checking.
 
-    The head is skipped (left as initialised) when its size differs from the model's (fine-tuning on other classes).
-    The attention scale is left as the model has it: the released weights were trained with the default
-    head_dim ** -0.5 (the official main.py never passes qk_scale), so an explicit qk_scale is kept as given.
-    Returns the keys deliberately not loaded.
+    The head is loaded when `load_head` and its size is the model's; else it is skipped (left as initialised:
+    fine-tuning on other classes). The attention scale is left as the model has it: the released weights were
+    trained with the default head_dim ** -0.5 (the official main.py never passes qk_scale), so an explicit qk_scale is
+    kept as given.
     """
-    raw = read_t2t_checkpoint(path, use_ema)
-    return strict_load(
+    own = model.state_dict()
+    layout = "official" if "pos_embed" in sd else "lit_vit"
+    if "pos_embed" in sd and sd["pos_embed"].ndim == 3:  # (1, 1 + H*W, D) at the checkpoint's square grid
+        n = sd["pos_embed"].shape[1] - model.num_prefix_tokens
+        g = int(round(n**0.5))
+        resampled = ((g, g), tuple(model.grid)) if g * g == n and (g, g) != tuple(model.grid) else None
+    else:
+        resampled = grid_change(model.pos_embed, lightning_backbone(sd))
+    converted = t2t_from_official(sd, model)
+    skipped = strict_load(
         model,
-        t2t_from_official(raw, model),
+        converted,
         what=f"this T2T-ViT ({model.tokens_type}, embed_dim {model.embed_dim}, depth {len(model.blocks)}, "
         f"in_chans {model.in_chans})",
-        fix=f"{path} holds {describe_checkpoint(raw)}: build the model with that variant (and in_chans 3, "
-        "token_dim 64), or check that the file is an official T2T-ViT checkpoint",
+        fix=f"{source} holds {describe_checkpoint(lightning_backbone(sd))}: build the model with that variant (and "
+        "in_chans 3, token_dim 64), or check that the file is an official T2T-ViT checkpoint",
         optional=HEAD_KEYS,
+        load_optional=load_head,
     )
+    return report("t2t_vit", layout, own, converted, skipped, resampled, source)

@@ -1,13 +1,12 @@
 """ViLT checkpoints (the original dandelin/ViLT code, HuggingFace transformers' Vilt*, lit_vit) -> lit_vit ViLT,
 and back to the original layout."""
 
-from pathlib import Path
-
 import torch
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.vilt import ViLT, vilt_pos_table
-from lit_vit.models.weights.io import lightning_backbone, read_weights_file, strict_load
+from lit_vit.models.weights.io import lightning_backbone, strict_load
+from lit_vit.models.weights.report import LoadReport, report
 
 # Our names <- foreign names that differ only by prefix (HuggingFace, original ViLT).
 _TEXT = {
@@ -143,41 +142,16 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     )
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors of a .safetensors / .bin / .ckpt / .pt file or a HuggingFace save_pretrained folder, loaded safely (no
-    code runs), and the file's other top-level entries (a lit_vit checkpoint carries its vocabulary and answers)."""
-    path = Path(path)
-    if path.is_dir():  # a HuggingFace save_pretrained folder (config.json + weights)
-        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
-        if not found:
-            raise ConfigError(
-                f"{path} is a folder without model.safetensors or pytorch_model.bin; give a HuggingFace "
-                "save_pretrained folder or a .ckpt, .bin or .safetensors file"
-            )
-        path = found[0]
-    if not path.is_file():
-        raise ConfigError(f"pretrained weights {path} do not exist; give a .ckpt, .bin or .safetensors file")
-    raw, meta = read_weights_file(path), {}
-    if isinstance(raw.get("state_dict"), dict):  # a Lightning checkpoint
-        meta = {k: v for k, v in raw.items() if k != "state_dict"}
-        raw = raw["state_dict"]
-    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}, meta
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (see `read_checkpoint`)."""
-    return read_checkpoint(path)[0]
-
-
 HEADS = ("itm_head.", "mlm_head.", "vqa_head.", "rank_head.")
 
 
-def load_vilt_weights(model: ViLT, sd: dict[str, torch.Tensor], strict_heads: bool = False) -> list[str]:
+def load_vilt(model: ViLT, sd: dict[str, torch.Tensor], source: str, load_head: bool = True) -> LoadReport:
     """Load a state dict in any known layout into `model`, checking keys and shapes.
 
-    Backbone keys must all be present with matching shapes; head keys are loaded when both sides have them (a head
-    of another shape is an error naming it). The position table is interpolated when the pre-training grid differs.
-    Returns the names of the model's heads left untouched.
+    Backbone keys must all be present with matching shapes; head keys (ITM, MLM, VQA, rank) are loaded when both
+    sides have them and `load_head` (a head of another shape is an error naming it); the model's heads the
+    checkpoint lacks are the report's `missing`. The position table is interpolated when the pre-training grid
+    differs.
     """
     sd = lightning_backbone(sd, "model.")  # a lit_vit LightningModule checkpoint
     layout = detect_layout(sd)
@@ -186,6 +160,7 @@ def load_vilt_weights(model: ViLT, sd: dict[str, torch.Tensor], strict_heads: bo
     elif layout == "original":
         sd = convert_original_vilt(sd)
     own = model.state_dict()
+    resampled = None
     if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
         old = sd["pos_embed"]
         g = int(round((old.shape[1] - 1) ** 0.5))
@@ -193,19 +168,23 @@ def load_vilt_weights(model: ViLT, sd: dict[str, torch.Tensor], strict_heads: bo
             raise ConfigError(f"position table of shape {tuple(old.shape)} is not a square grid plus a class token")
         table = vilt_pos_table(old[:, 1:].float(), (g, g), model.grid).flatten(1).t()[None]
         sd["pos_embed"] = torch.cat([old[:, :1].float(), table], dim=1).to(old.dtype)
+        resampled = ((g, g), tuple(model.grid))
     width = sd["cls_token"].shape[-1] if "cls_token" in sd else None
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     theirs = f"embed_dim {width}, depth {depth}" if width is not None else f"depth {depth}"
-    strict_load(
+    skipped = strict_load(
         model,
         sd,
         what=f"this ViLT (embed_dim {model.embed_dim}, depth {len(model.blocks)})",
         fix=f"The {layout} checkpoint holds a ViLT with {theirs}: set embed_dim / depth / num_heads (and vocab_size, "
         "num_answers) to the checkpoint's values",
         optional=HEADS,
+        load_optional=load_head,
         skip_mismatched=False,
     )
-    skipped = sorted({k.split(".")[0] for k in own if k not in sd})
-    if strict_heads and skipped:
-        raise ConfigError(f"the checkpoint has no weights for {skipped}")
-    return skipped
+    return report("vilt", layout, own, sd, skipped, resampled, source)
+
+
+def heads_not_loaded(report: LoadReport) -> list[str]:
+    """The ViLT heads (itm_head, mlm_head, vqa_head, rank_head) a load left as initialised."""
+    return sorted({k.split(".")[0] for k in report.missing + report.skipped_head if k.startswith(HEADS)})

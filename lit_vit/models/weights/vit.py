@@ -1,13 +1,12 @@
 """timm and torchvision ViT checkpoints -> lit_vit VisionTransformer (strict keys, position-embedding resampling)."""
 
-from pathlib import Path
-
 import torch
-from torch import nn
 
 from lit_vit.errors import ConfigError
 from lit_vit.models.layers import resample_state_dict
-from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, load_state_dict, strict_load
+from lit_vit.models.vit import VisionTransformer
+from lit_vit.models.weights.io import HEAD_KEYS, lightning_backbone, strict_load
+from lit_vit.models.weights.report import LoadReport, grid_change, report
 
 
 def vit_from_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,14 +54,12 @@ def _detect(sd: dict[str, torch.Tensor]) -> str:
     raise ConfigError("unrecognised ViT checkpoint layout: expected timm, torchvision or lit_vit key names")
 
 
-def load_vit_weights(model: nn.Module, path: str | Path, load_head: bool = False) -> dict[str, list[str]]:
-    """Load timm / torchvision / lit_vit ViT weights into `model` (strict; safe loading).
+def load_vit(model: VisionTransformer, sd: dict[str, torch.Tensor], source: str, load_head: bool) -> LoadReport:
+    """Load timm / torchvision / lit_vit ViT weights (`sd`, read from `source`) into `model` (strict).
 
     The position table is resampled to the model's grid (bicubic, antialiased, float32; class-token row kept). The head
     is loaded only when `load_head` and the shapes match (fine-tuning attaches a new head).
-    Returns {"skipped": [...]} with the keys deliberately not loaded (the head).
     """
-    sd = load_state_dict(path)
     layout = _detect(sd)
     if layout == "timm":
         sd = vit_from_timm(sd)
@@ -75,16 +72,17 @@ def load_vit_weights(model: nn.Module, path: str | Path, load_head: bool = False
         has = "has a class token" if "cls_token" in sd else "has no class token (e.g. timm's class_token=False)"
         want = "true, pool: cls" if "cls_token" in sd else "false, pool: gap (or map)"
         raise ConfigError(
-            f"{path} ({layout} layout) {has} but this ViT was built with class_token: {'cls_token' in own}; "
+            f"{source} ({layout} layout) {has} but this ViT was built with class_token: {'cls_token' in own}; "
             f"set model.init_args.backbone.init_args.class_token: {want}"
         )
+    resampled = grid_change(model.pos_embed, sd)
     sd = resample_state_dict(model.pos_embed, sd)  # any kind saved at another grid -> the model's grid
     skipped = strict_load(
         model,
         sd,
-        what=f"this ViT ({layout} layout read from {path})",
+        what=f"this ViT ({layout} layout read from {source})",
         fix="Check variant, patch_size, pool and class_token against the checkpoint's model",
         optional=HEAD_KEYS,
         load_optional=load_head,
     )
-    return {"skipped": skipped}
+    return report("vit", layout, own, sd, skipped, resampled, source)
