@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
 from lit_vit.callbacks.ema import averaged_module
+from lit_vit.data.protocols import FewShotData, require
 from lit_vit.errors import ConfigError
 
 # L2 strengths as multiples of the mean squared norm of the centred k-shot features: 1e-6 ... 1e2, half decades
@@ -147,11 +148,7 @@ class FewShotEval(Callback):
 
     @staticmethod
     def _check_datamodule(dm) -> None:
-        if not (hasattr(dm, "build_split") and hasattr(dm, "transforms")):
-            raise ConfigError(
-                f"FewShotEval needs a lit_vit image DataModule (build_split / transforms), got {type(dm).__name__}; "
-                "remove the FewShotEval callback for this data"
-            )
+        require(dm, FewShotData, "FewShotEval")
 
     def check(self, datamodule: L.LightningDataModule) -> None:
         """Refuses options the data cannot serve (another kind of DataModule, more shots than some class has train

@@ -6,11 +6,14 @@ from lit_vit.data.image_text import (
     SceneDataModule,
     VQAv2DataModule,
 )
+from lit_vit.data.protocols import ClassificationData, FewShotData
 
 __all__ = [
     "CIFARDataModule",
+    "ClassificationData",
     "CocoCaptionsDataModule",
     "DigitsDataModule",
+    "FewShotData",
     "ImageDataModule",
     "ImageFolderDataModule",
     "ImageTextDataModule",

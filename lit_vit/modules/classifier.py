@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_vit.data.protocols import ClassificationData, missing_members, require
 from lit_vit.errors import ConfigError
 from lit_vit.models import weights
 from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
@@ -179,10 +180,12 @@ class ImageClassifier(L.LightningModule):
         # the seed of the batch mixing: seed_everything's, which a resumed run sets again
         self._mix_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "num_classes"):
-            if self.hparams.get("num_classes") is None:
-                raise ConfigError("num_classes is unknown: use a DataModule that provides it or set model.num_classes")
-            return
+        foreign = dm is None or "num_classes" in missing_members(dm, ClassificationData)
+        if foreign and self.hparams.get("num_classes") is not None:
+            return  # no classes from the data: model.num_classes states them, nothing to check the backbone against
+        if dm is None:
+            raise ConfigError("num_classes is unknown: use a DataModule that provides it or set model.num_classes")
+        require(dm, ClassificationData, "ImageClassifier")
         self._check_input(dm)
         if stage == "predict" and self.hparams.get("num_classes") is not None:
             return  # predicting on new files: the classes are the trained model's
