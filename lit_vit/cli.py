@@ -21,22 +21,27 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lit_vit import lightning_fixes  # patches a Lightning SIGTERM deadlock at import (see the module)
+from lit_vit import lightning_compat
 from lit_vit.ablation.config import Ablation
-from lit_vit.callbacks import AtomicCheckpointIO, PredictionCSVWriter, RunLogger, run_checkpoints
+from lit_vit.callbacks import PredictionCSVWriter, run_checkpoints
 from lit_vit.callbacks.resume import ExactResume, stopped_by
 from lit_vit.cli_parser import EpilogFormatter, LitViTParser
 from lit_vit.config_diff import flatten
-from lit_vit.errors import ConfigError, user_message
+from lit_vit.errors import ConfigError, config_error_in, user_message
 from lit_vit.models import weights
 from lit_vit.run_folder import (
+    RESUME_MAY_CHANGE,
+    AtomicCheckpointIO,
+    RunLogger,
     disk_error,
     disk_error_message,
     hold_run_folder,
     is_primary_process,
+    model_differences,
     new_evaluation_dir,
     own_folder_of_config,
     release_folders,
+    resolve_ckpt_path,
 )
 
 
@@ -76,90 +81,6 @@ def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
     return {**{k: v for k, v in meta.items() if k not in ("format", "nested", "path")}, "state_dict": tensors}
 
 
-# What a fit that stopped before its first logged step leaves behind (e.g. data checked at setup): nothing trained, so a
-# rerun may write there again.
-# claim.json: an ablation sweep's claim on the run folder (lit_vit.ablation.claims), taken before the run starts.
-STARTUP_FILES = {"config.yaml", "hparams.yaml", "claim.json"}
-
-
-def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(p.name not in STARTUP_FILES for p in path.iterdir())
-
-
-def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
-    """'last' / 'best' mean this run's checkpoints. A fit writes only into an empty folder or the run it resumes;
-    validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights."""
-    primary = is_primary_process()
-    own = run_dir / "checkpoints"
-    if ckpt_path is None and subcommand != "fit":
-        if not (own / "best.ckpt").is_file():
-            raise ConfigError(
-                f"{subcommand} needs trained weights: no --ckpt_path given and {own / 'best.ckpt'} does not exist. "
-                f"Give --ckpt_path best | last | <file.ckpt> (and --config <run dir>/config.yaml), or check "
-                f"--trainer.default_root_dir (now {run_dir})"
-            )
-        ckpt_path = "best"
-        if primary:
-            print(f"{subcommand}: no --ckpt_path given, using {own / 'best.ckpt'}", file=sys.stderr)
-    if ckpt_path in ("last", "best"):
-        path = own / f"{ckpt_path}.ckpt"
-        if not path.is_file():
-            raise ConfigError(
-                f"--ckpt_path {ckpt_path}: no checkpoint at {path}. Check --trainer.default_root_dir (now {run_dir}) "
-                "or start a new run without --ckpt_path"
-            )
-    elif ckpt_path is not None:
-        path = Path(ckpt_path)
-    else:
-        path = None
-    if subcommand == "fit" and primary and _is_nonempty_dir(run_dir):
-        if path is None:
-            held = own / "last.ckpt"
-            what = (
-                f"already holds a run ({held})"
-                if held.is_file()
-                else (f"is not empty ({', '.join(sorted(p.name for p in run_dir.iterdir())[:5])})")
-            )
-            raise ConfigError(
-                f"{run_dir} {what}: a new fit writes only into an empty folder. Resume it with --ckpt_path last, or "
-                f"start a new run with --trainer.default_root_dir <new dir> (or delete {run_dir})"
-            )
-        if path.resolve().parent != own.resolve():
-            raise ConfigError(
-                f"--ckpt_path {path} belongs to another run, and {run_dir} holds a run of its own: resuming would "
-                f"overwrite it. Continue that checkpoint in a new folder with --trainer.default_root_dir <empty dir>, "
-                f"or resume {run_dir}'s own run with --ckpt_path last"
-            )
-    return None if path is None else str(path)
-
-
-# Model options that may differ from the checkpoint's when resuming: they change neither the network nor the
-# optimisation (pretrained is read only when a fit starts from scratch; compile is an execution detail).
-RESUME_MAY_CHANGE = ("model.init_args.compile", "model.init_args.pretrained")
-# Filled in from the data when the user leaves them unset.
-FROM_DATA = ("model.init_args.num_classes", "model.init_args.class_names")
-
-
-def model_differences(user_model: Any, hparams: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, user's value, checkpoint's value) for every model option set differently in the checkpoint's saved
-    hyper-parameters; options the checkpoint does not record (e.g. added in a later lit_vit) are not compared."""
-    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
-    if "_class_path" not in hparams:
-        return []  # saved by a module built in Python, not by the CLI: nothing to compare against
-    saved = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
-    mine, theirs = flatten(user_model, "model"), flatten(saved, "model")
-    diffs = []
-    for key in sorted(set(mine) & set(theirs)):
-        if key in FROM_DATA and mine[key] is None:
-            continue
-        if mine[key] != theirs[key] and key not in RESUME_MAY_CHANGE:
-            diffs.append((key, mine[key], theirs[key]))
-    # a different backbone class: its options are not comparable, the class path says it all
-    for key in [k for k, _, _ in diffs if k.endswith("class_path")]:
-        diffs = [d for d in diffs if d[0] == key or not d[0].startswith(key.removesuffix("class_path"))]
-    return diffs
-
-
 def check_training_length(trainer_cfg: Any) -> None:
     """The warm-up + cosine schedule needs a finite number of steps: refuse infinite or empty fits up front."""
     epochs, steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
@@ -192,7 +113,8 @@ class LitViTCLI(LightningCLI):
     """lit_vit's CLI; `callbacks` are added to the Trainer's (the ablation sweep passes its timing callback)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, callbacks: list[Callback] | None = None):
-        lightning_fixes.check_lightning_version()
+        lightning_compat.check_lightning_version()
+        lightning_compat.patch_lightning()  # the DDP SIGTERM deadlock fix (see lit_vit.lightning_compat)
         self.extra_callbacks = list(callbacks or [])
         super().__init__(
             model_class=L.LightningModule,
@@ -384,6 +306,7 @@ class LitViTCLI(LightningCLI):
         if self.subcommand == "fit" and not any(isinstance(c, ExactResume) for c in callbacks):
             callbacks.append(ExactResume())  # random states, unfinished-epoch metric sums, Ctrl-C at a step boundary
         if trainer_cfg.get("enable_checkpointing") is not False and not trainer_cfg.get("fast_dev_run"):
+            # lit_vit's modules declare `monitor` (metric, mode); a user's module without one: val/acc1, max
             monitor, mode = getattr(self.model, "monitor", ("val/acc1", "max"))
             callbacks += run_checkpoints(root / "checkpoints", monitor, mode, cfg.checkpoint_every_n_steps)
         # every checkpoint is written atomically, unless the user configured a checkpoint writer of their own
@@ -494,7 +417,7 @@ def main(args: list[str] | None = None) -> None:
             print(f"error: {disk_error_message(full)}", file=sys.stderr)
             sys.exit(2)
         except (ConfigError, ValueError, MisconfigurationException) as err:
-            config_error = _config_error(err)
+            config_error = config_error_in(err)
             if config_error is None and isinstance(err, MisconfigurationException):
                 config_error = err  # Lightning's own check of a trainer option: its message names the option
             if config_error is None:
@@ -504,14 +427,3 @@ def main(args: list[str] | None = None) -> None:
 
     finally:
         release_folders()  # the run-folder claims of this command's fits
-
-
-def _config_error(err: BaseException | None) -> ConfigError | None:
-    """The ConfigError behind `err`: jsonargparse wraps one raised in a class constructor (e.g. a backbone's) into a
-    ValueError while instantiating the config."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, ConfigError):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None

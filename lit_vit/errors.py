@@ -1,5 +1,7 @@
 """One exception type for bad user input, so the CLI can print it cleanly before any training starts."""
 
+from collections.abc import Callable
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error: the message names the bad value, the allowed values and the fix."""
@@ -27,3 +29,21 @@ def user_message(err: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def find_in_chain(err: BaseException | None, match: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception of `err`'s chain (`err`, then its `__cause__`, else its `__context__`, ten deep at most)
+    that `match` accepts, else None."""
+    seen = 0
+    while err is not None and seen < 10:
+        if match(err):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def config_error_in(err: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `err`, else None: jsonargparse wraps one raised in a class constructor (e.g. a
+    backbone's) into a ValueError while instantiating a config, and Lightning re-raises some in its own errors."""
+    found = find_in_chain(err, lambda e: isinstance(e, ConfigError))
+    return found if isinstance(found, ConfigError) else None

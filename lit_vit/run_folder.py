@@ -1,25 +1,46 @@
-"""The run folder's rules that the CLI applies before anything is written: one writer at a time, a config.yaml that is
-read as a recipe of its own folder, evaluation folders that never collide, and file-system errors as one line.
+"""The run folder: its rules, which the CLI applies before anything is written (one writer at a time, a new fit only
+into an empty folder or the run it resumes, a resume only with the checkpoint's model config, a config.yaml read as a
+recipe of its own folder, evaluation folders that never collide), and what writes its files during a run (metrics.csv
+that survives resumes: `RunLogger`; atomic checkpoints: `AtomicCheckpointIO`), with file-system errors as one line.
+
+A run lives in the Trainer's `default_root_dir`: config.yaml, hparams.yaml, metrics.csv, checkpoints/last.ckpt and
+checkpoints/best.ckpt (the checkpoint callbacks are lit_vit.callbacks.run's), evaluations/<one folder per evaluation>.
 """
 
+import csv
 import errno
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_vit import lightning_compat
 from lit_vit.ablation.claims import Claim, read_claim, try_claim
-from lit_vit.errors import ConfigError
+from lit_vit.config_diff import flatten
+from lit_vit.errors import ConfigError, find_in_chain
 
 
-def is_primary_process() -> bool:
+def is_primary_process(per_machine: bool = False) -> bool:
     """Global rank 0 of a multi-process launch (Lightning's launcher, torchrun, SLURM srun), or a single process: the
-    one process that claims and writes a run folder's own files."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    one process that claims and writes a run folder's own files, and that plans and reports an ablation sweep. With
+    `per_machine`, local rank 0: the one process per machine that prepares data on that machine's disk.
+
+    Read from the launchers' environment, so it answers before a Trainer exists (use `trainer.is_global_zero` inside
+    a fit: the same answer)."""
+    keys = ("LOCAL_RANK",) if per_machine else ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(k, "0") == "0" for k in keys)
 
 
 # Claims taken by this process's fits (released by `release_folders`, which the CLI calls when a command ends).
@@ -122,18 +143,233 @@ def new_evaluation_dir(
     raise ConfigError(f"{parent} has 999 evaluations named {base}*: remove some")
 
 
+# -- the guard: which checkpoint a command uses, and whether a fit may write here ----------------------------------
+# What a fit that stopped before its first logged step leaves behind (e.g. data checked at setup): nothing trained, so a
+# rerun may write there again.
+# claim.json: an ablation sweep's claim on the run folder (lit_vit.ablation.claims), taken before the run starts.
+STARTUP_FILES = {"config.yaml", "hparams.yaml", "claim.json"}
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(p.name not in STARTUP_FILES for p in path.iterdir())
+
+
+def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
+    """'last' / 'best' mean this run's checkpoints. A fit writes only into an empty folder or the run it resumes;
+    validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights."""
+    primary = is_primary_process()
+    own = run_dir / "checkpoints"
+    if ckpt_path is None and subcommand != "fit":
+        if not (own / "best.ckpt").is_file():
+            raise ConfigError(
+                f"{subcommand} needs trained weights: no --ckpt_path given and {own / 'best.ckpt'} does not exist. "
+                f"Give --ckpt_path best | last | <file.ckpt> (and --config <run dir>/config.yaml), or check "
+                f"--trainer.default_root_dir (now {run_dir})"
+            )
+        ckpt_path = "best"
+        if primary:
+            print(f"{subcommand}: no --ckpt_path given, using {own / 'best.ckpt'}", file=sys.stderr)
+    if ckpt_path in ("last", "best"):
+        path = own / f"{ckpt_path}.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"--ckpt_path {ckpt_path}: no checkpoint at {path}. Check --trainer.default_root_dir (now {run_dir}) "
+                "or start a new run without --ckpt_path"
+            )
+    elif ckpt_path is not None:
+        path = Path(ckpt_path)
+    else:
+        path = None
+    if subcommand == "fit" and primary and _is_nonempty_dir(run_dir):
+        if path is None:
+            held = own / "last.ckpt"
+            what = (
+                f"already holds a run ({held})"
+                if held.is_file()
+                else (f"is not empty ({', '.join(sorted(p.name for p in run_dir.iterdir())[:5])})")
+            )
+            raise ConfigError(
+                f"{run_dir} {what}: a new fit writes only into an empty folder. Resume it with --ckpt_path last, or "
+                f"start a new run with --trainer.default_root_dir <new dir> (or delete {run_dir})"
+            )
+        if path.resolve().parent != own.resolve():
+            raise ConfigError(
+                f"--ckpt_path {path} belongs to another run, and {run_dir} holds a run of its own: resuming would "
+                f"overwrite it. Continue that checkpoint in a new folder with --trainer.default_root_dir <empty dir>, "
+                f"or resume {run_dir}'s own run with --ckpt_path last"
+            )
+    return None if path is None else str(path)
+
+
+# Model options that may differ from the checkpoint's when resuming: they change neither the network nor the
+# optimisation (pretrained is read only when a fit starts from scratch; compile is an execution detail).
+RESUME_MAY_CHANGE = ("model.init_args.compile", "model.init_args.pretrained")
+# Filled in from the data when the user leaves them unset.
+FROM_DATA = ("model.init_args.num_classes", "model.init_args.class_names")
+
+
+def model_differences(user_model: Any, hparams: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, user's value, checkpoint's value) for every model option set differently in the checkpoint's saved
+    hyper-parameters; options the checkpoint does not record (e.g. added in a later lit_vit) are not compared."""
+    hparams = {k: v for k, v in hparams.items() if k != lightning_compat.INSTANTIATOR_KEY}
+    if lightning_compat.CLASS_PATH_KEY not in hparams:
+        return []  # saved by a module built in Python, not by the CLI: nothing to compare against
+    saved = {"class_path": hparams.pop(lightning_compat.CLASS_PATH_KEY), "init_args": hparams}
+    mine, theirs = flatten(user_model, "model"), flatten(saved, "model")
+    diffs = []
+    for key in sorted(set(mine) & set(theirs)):
+        if key in FROM_DATA and mine[key] is None:
+            continue
+        if mine[key] != theirs[key] and key not in RESUME_MAY_CHANGE:
+            diffs.append((key, mine[key], theirs[key]))
+    # a different backbone class: its options are not comparable, the class path says it all
+    for key in [k for k, _, _ in diffs if k.endswith("class_path")]:
+        diffs = [d for d in diffs if d[0] == key or not d[0].startswith(key.removesuffix("class_path"))]
+    return diffs
+
+
+# -- what writes the run's files ---------------------------------------------------------------------------------------
+class RunLogger(Logger):
+    """`<run dir>/metrics.csv` (no version_N folders), appended to when a run resumes, and hparams.yaml beside it.
+
+    Lightning's CSVLogger deletes an existing metrics.csv and lets no subclass choose otherwise without private names;
+    this logger writes the same file (one row per logging call: the metrics and `step`; a header that grows when new
+    metrics appear, the earlier rows rewritten under it) with Lightning's public Logger API only. The sweep, `plot`
+    and the resume logic read it."""
+
+    def __init__(self, save_dir: str | Path, flush_logs_every_n_steps: int = 100) -> None:
+        super().__init__()
+        self._dir = os.fspath(save_dir)
+        self.metrics_file_path = os.path.join(self._dir, "metrics.csv")
+        self.flush_logs_every_n_steps = flush_logs_every_n_steps  # kept for the CSVLogger signature: rows are
+        # written at every save(), which Lightning calls after every logging call
+        self.hparams: dict[str, Any] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._keys: list[str] | None = None  # read from an existing file at the first save
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def root_dir(self) -> str:
+        return self._dir
+
+    @property
+    def log_dir(self) -> str:
+        return self._dir
+
+    @property
+    def save_dir(self) -> str:
+        return self._dir
+
+    @property
+    def experiment(self) -> "RunLogger":
+        return self
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace | None = None, *args: Any, **kwargs: Any) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params or {})
+        self.hparams.update(params)
+        os.makedirs(self._dir, exist_ok=True)
+        save_hparams_to_yaml(os.path.join(self._dir, "hparams.yaml"), self.hparams)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self._rows) if step is None else step
+        self._rows.append(row)
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self._rows:
+            return
+        exists = os.path.isfile(self.metrics_file_path)
+        if self._keys is None:
+            self._keys = []
+            if exists:
+                with open(self.metrics_file_path, newline="") as f:
+                    self._keys = list(csv.DictReader(f).fieldnames or [])
+        new = set().union(*self._rows) - set(self._keys)
+        if new:
+            self._keys = sorted({*self._keys, *new})
+            if exists:  # a new column: the earlier rows are written again under the new header
+                with open(self.metrics_file_path, newline="") as f:
+                    earlier = list(csv.DictReader(f))
+                self._write(earlier, "w")
+                exists = True
+        os.makedirs(self._dir, exist_ok=True)
+        if not exists:
+            self._write([], "w")
+        self._write(self._rows, "a", header=False)
+        self._rows = []
+
+    def _write(self, rows: list[dict[str, Any]], mode: str, header: bool = True) -> None:
+        with open(self.metrics_file_path, mode, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._keys or [])
+            if header:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def drop_rows_from_step(self, step: int) -> None:
+        """Drop rows logged at `step` or later: a run resumed from a checkpoint taken after `step` optimiser steps
+        logs them again. (Lightning logs a row with the number of steps taken before it, so those rows stay.)"""
+        self.save()
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        kept = [r for r in rows if not r.get("step") or int(r["step"]) < step]
+        if len(kept) < len(rows):
+            with open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields or [])
+                writer.writeheader()
+                writer.writerows(kept)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to `<file>.tmp` beside it, then renames it over the file (`os.replace`, atomic within a
+    file system): a run killed while saving never leaves a truncated last.ckpt / best.ckpt.
+
+    Lightning's own writer goes through a temporary file in the system's temp folder and `shutil.move`, which is a copy,
+    not a rename, when that folder is on another file system than the run (e.g. a tmpfs /tmp)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException as err:
+            written = tmp.stat().st_size if tmp.is_file() else 0
+            tmp.unlink(missing_ok=True)  # never leave a partial file; the previous checkpoint at `path` is intact
+            if isinstance(err, OSError) or not isinstance(err, RuntimeError) or "write" not in str(err):
+                raise
+            # torch's archive writer reports a failed write as a RuntimeError without the OS error: a full disk is
+            # the usual cause, said as such when the folder has no room left for what was being written
+            free = shutil.disk_usage(path.parent).free
+            if free > max(written, 1 << 20):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+
+
 # errno values that mean "this location cannot take the file": a user's fix (space, permissions, another folder)
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 
 
 def disk_error(err: BaseException | None) -> OSError | None:
     """The OSError behind `err` when it is a full, read-only or forbidden location (else None)."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
+    found = find_in_chain(err, lambda e: isinstance(e, OSError) and e.errno in DISK_ERRNOS)
+    return found if isinstance(found, OSError) else None
 
 
 def disk_error_message(err: OSError) -> str:

@@ -2,19 +2,25 @@
 range, and the CLI stops with a one-line error outside it (lit_vit relies on a few private Lightning names)."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from lit_vit.cli import main
 from lit_vit.errors import ConfigError
-from lit_vit.lightning_fixes import TESTED_LIGHTNING, UNTESTED_LIGHTNING_ENV, check_lightning_version
+from lit_vit.lightning_compat import TESTED_LIGHTNING, UNTESTED_LIGHTNING_ENV, check_lightning_version
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+CONSTRAINTS = PYPROJECT.parent / ".ci" / "constraints.txt"
+# dependencies whose private names or message texts lit_vit relies on (see lit_vit/lightning_compat.py)
+RELIED_ON = ("lightning", "jsonargparse", "torchmetrics")
 
 
 def lightning_requirement() -> Requirement:
@@ -53,3 +59,38 @@ def test_the_cli_stops_with_one_line_before_it_parses_anything(monkeypatch, caps
     assert exc.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: lightning 2.7.0 is installed") and UNTESTED_LIGHTNING_ENV in line
+
+
+def test_importing_lit_vit_patches_nothing_until_asked():
+    """The SIGTERM fix is applied by the CLI or by lit_vit.patch_lightning(), never as a side effect of an import."""
+    code = (
+        "import lit_vit.cli, lit_vit.modules\n"
+        "from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector as S\n"
+        "before = S._sigterm_notifier_fn.__module__\n"
+        "import lit_vit\n"
+        "lit_vit.patch_lightning()\n"
+        "print(before, S._sigterm_notifier_fn.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lightning.pytorch.trainer.connectors.signal_connector", "lit_vit.lightning_compat"]
+
+
+def pinned_versions() -> dict[str, Version]:
+    lines = CONSTRAINTS.read_text().splitlines()
+    pins = [line.split("#")[0].strip().split("==") for line in lines if "==" in line.split("#")[0]]
+    return {canonicalize_name(name.split("[")[0].strip()): Version(v.strip()) for name, v in pins}
+
+
+def test_every_dependency_whose_internals_we_rely_on_has_an_upper_bound_that_holds_the_pinned_release():
+    """lightning, jsonargparse (cli_parser.py parses its error texts) and torchmetrics (lightning_compat restores a
+    private metric counter): each bounded from above in pyproject.toml, and the CI pin (.ci/constraints.txt) inside
+    every bound."""
+    deps = re.search(r"(?ms)^dependencies\s*=\s*\[(.*?)^\]", PYPROJECT.read_text()).group(1)
+    reqs = {canonicalize_name(r.name): r for r in map(Requirement, re.findall(r'"([^"]+)"', deps))}
+    pins = pinned_versions()
+    for name in RELIED_ON:
+        spec = reqs[name].specifier
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in spec), f"no upper bound on {name}: {spec}"
+    for name, req in reqs.items():
+        if name in pins:
+            assert pins[name] in req.specifier, f"{name}=={pins[name]} (.ci/constraints.txt) is outside {req}"

@@ -352,7 +352,8 @@ class SaveEveryNSteps(L.Callback):
 def test_a_checkpoint_saved_by_a_callback_listed_before_ema_holds_this_steps_update(tmp_path, saver):
     from _cli_callbacks import CrashAtStep
 
-    from lit_vit.callbacks import AtomicCheckpointIO, run_checkpoints
+    from lit_vit.callbacks import run_checkpoints
+    from lit_vit.run_folder import AtomicCheckpointIO
 
     L.seed_everything(0)
     model = ImageClassifier(VisionTransformer(**TINY_VIT["init_args"]))

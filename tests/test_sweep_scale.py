@@ -254,8 +254,9 @@ def test_the_sigterm_handler_runs_no_collective():
 
     from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
-    import lit_vit.cli  # noqa: F401 - applies the patch
-    from lit_vit import lightning_fixes
+    import lit_vit
+    from lit_vit import lightning_compat
 
+    assert lit_vit.patch_lightning() is True and lit_vit.patch_lightning() is True  # idempotent
     assert "dist.broadcast" not in inspect.getsource(_SignalConnector._sigterm_notifier_fn)
-    assert _SignalConnector._sigterm_notifier_fn is lightning_fixes._sigterm_notifier_without_collective
+    assert _SignalConnector._sigterm_notifier_fn is lightning_compat._sigterm_notifier_without_collective

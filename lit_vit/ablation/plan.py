@@ -22,7 +22,8 @@ from lit_vit.ablation.config import Ablation, Variant
 from lit_vit.ablation.results import read_done, run_dir
 from lit_vit.cli_parser import condense
 from lit_vit.config_diff import describe, differences, flatten
-from lit_vit.errors import ConfigError
+from lit_vit.errors import ConfigError, config_error_in
+from lit_vit.run_folder import is_primary_process
 
 SWEEP_CONFIG = "sweep.yaml"
 # Options a rerun may change without changing any number a finished run produced.
@@ -113,14 +114,6 @@ def _raising(parser) -> Iterator[None]:
         parser.exit_on_error = before
 
 
-def _config_error(err: BaseException) -> BaseException:
-    """The ConfigError inside jsonargparse's ValueError around one raised by a constructor, else `err`."""
-    cause = err
-    while cause is not None and not isinstance(cause, ConfigError):
-        cause = cause.__cause__ or cause.__context__
-    return cause or err
-
-
 def validate_runs(parser, runs: list[Run]) -> None:
     """Parse every run's config with the sweep's (fit) parser, build each variant's model, data module and callbacks
     once, check that the data is there (prepare_data may download or extract it, as Lightning would at the start of the
@@ -139,14 +132,14 @@ def validate_runs(parser, runs: list[Run]) -> None:
             continue
         try:
             init = parser.instantiate_classes(cfg)
-            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one process per machine touches the files
+            if is_primary_process(per_machine=True):  # one process per machine touches the files
                 init.data.prepare_data()
                 getattr(init.data, "class_names", None)  # image folders: the train split and its class folders exist
                 for callback in init.trainer.get("callbacks") or []:
                     if callable(getattr(callback, "check", None)):
                         callback.check(init.data)
         except ValueError as err:  # a ConfigError, or jsonargparse's ValueError around one raised by a constructor
-            raise ConfigError(f"ablation variant {run.variant.name!r}: {_config_error(err)}") from err
+            raise ConfigError(f"ablation variant {run.variant.name!r}: {config_error_in(err) or err}") from err
         built.add(run.variant.name)
 
 
@@ -169,12 +162,6 @@ def check_rerun(sweep_dir: Path, runs: list[Run], new_config: str) -> None:
             f"{describe(diffs, 'now', 'in sweep.yaml')}. Rerun with the sweep's values to resume it (new seeds and "
             "new variants may be added), or start a new sweep with --trainer.default_root_dir <new folder>"
         )
-
-
-def is_primary_process() -> bool:
-    """Global rank 0 of a multi-process launch (Lightning's launcher, torchrun, SLURM srun), or a single process: the
-    one process that plans, writes the sweep's files and plots; every process trains every run."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def single_process(trainer_cfg) -> bool:

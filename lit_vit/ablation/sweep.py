@@ -22,7 +22,6 @@ from lit_vit.ablation.plan import (
     SWEEP_CONFIG,
     Run,
     check_rerun,
-    is_primary_process,
     plan_runs,
     single_process,
     validate_runs,
@@ -35,6 +34,7 @@ from lit_vit.ablation.workers import Worker, start_workers, wait_for_workers
 from lit_vit.callbacks.progress import WORKER_ENV, read_progress
 from lit_vit.cli import LitViTCLI
 from lit_vit.errors import ConfigError
+from lit_vit.run_folder import is_primary_process
 
 SWEEP_HELP = """\
   Runs the config's ablation: section (variants x seeds), each run an ordinary

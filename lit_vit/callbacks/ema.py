@@ -15,14 +15,13 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
-from torch.optim.swa_utils import AveragedModel
 
 from lit_vit.errors import ConfigError
+from lit_vit.lightning_compat import averaged_model, build_average_model, update_average_now
 
 
-# private: WeightAveraging keeps the averaged model, its options and the last updated step only in private attributes
-# (`_average_model`, `_device`, `_use_buffers`, `_kwargs`, `_latest_update_step`; no public accessor in Lightning 2.6):
-# building the average in on_fit_start, updating it in state_dict and averaged_module below read and set them.
+# WeightAveraging keeps the averaged model and its options in private attributes: building the average in on_fit_start
+# and updating it in state_dict go through lit_vit.lightning_compat.
 class EMA(EMAWeightAveraging):
     """Exponential moving average of the model's weights and buffers, updated after optimiser steps.
 
@@ -77,23 +76,13 @@ class EMA(EMAWeightAveraging):
         # but a plain callback listed before this one that saves in on_train_batch_end, or Ctrl-C between the
         # optimiser step and this hook (LastCheckpoint saves on it), would write such a checkpoint. Lightning asks for
         # this state before on_save_checkpoint.
-        trainer = self._trainer
-        if (
-            trainer is not None
-            and self._average_model is not None
-            and trainer.training
-            and trainer.global_step > self._latest_update_step
-            and self.should_update(step_idx=trainer.global_step - 1)
-        ):
-            self._average_model.update_parameters(trainer.lightning_module)
-            self._latest_update_step = trainer.global_step
+        if self._trainer is not None:
+            update_average_now(self, self._trainer)
         return super().state_dict()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = trainer
-        self._average_model = AveragedModel(
-            model=pl_module, device=self._device or pl_module.device, use_buffers=self._use_buffers, **self._kwargs
-        )
+        build_average_model(self, pl_module)
         if self._checkpoint is not None:
             super().on_load_checkpoint(trainer, pl_module, self._checkpoint)  # average <- state_dict, module <- current
             self._checkpoint = None
@@ -102,7 +91,7 @@ class EMA(EMAWeightAveraging):
 def averaged_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:
     """The module to evaluate: the averaged copy while a weight-averaging callback (EMA) keeps one, else pl_module."""
     for callback in getattr(trainer, "callbacks", ()):
-        average = getattr(callback, "_average_model", None)
+        average = averaged_model(callback)
         if isinstance(callback, WeightAveraging) and average is not None:
             return average.module
     return pl_module

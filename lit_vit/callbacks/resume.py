@@ -31,6 +31,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import Metric
 
+from lit_vit.lightning_compat import batches_trained_this_epoch, request_stop, set_update_count
+
 CHECKPOINT_KEY = "lit_vit_rank_states"
 
 # The signal that stopped the last fit through ExactResume (SIGINT), read by the CLI for its exit status and message.
@@ -86,9 +88,7 @@ def _set_metric_states(pl_module: L.LightningModule, saved: dict[str, dict[str, 
         for key, value in entry["states"].items():
             value = value.to(pl_module.device) if torch.is_tensor(value) else [t.to(pl_module.device) for t in value]
             setattr(metric, key, value)
-        # private: torchmetrics keeps the update count only here (no setter); compute() reads it
-        metric._update_count = entry["update_count"]
-        metric._computed = None
+        set_update_count(metric, entry["update_count"])
 
 
 class ExactResume(Callback):
@@ -105,7 +105,7 @@ class ExactResume(Callback):
         if trainer.state.fn != "fit":
             return
         mine: dict[str, Any] = {"rng": rng_states()}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = batches_trained_this_epoch(trainer)
         if 0 < done < trainer.num_training_batches:  # an unfinished epoch: its metric sums continue after a resume
             mine["train_metrics"] = _metric_states(pl_module)
         # every rank calls this while a checkpoint is dumped (rank 0 writes it): gather the ranks' states
@@ -153,9 +153,7 @@ class ExactResume(Callback):
         if trainer is None or stopped_by["signal"] is not None:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         stopped_by["signal"] = signum
-        # private: Lightning's flag for a received SIGTERM (Trainer.received_sigterm has no setter); the training loop
-        # stops at the next step boundary when it is set, and shares rank 0's flag with every rank
-        trainer._signal_connector.received_sigterm = True
+        request_stop(trainer)  # the training loop stops at the next step boundary, on every rank
         if trainer.is_global_zero:
             print(
                 "\nCtrl-C: stopping after this step and saving last.ckpt (press Ctrl-C again to stop at once)",

@@ -1,93 +1,22 @@
-"""The run directory: metrics.csv that survives resumes, atomic checkpoints, and a last.ckpt that is always there.
+"""The run's checkpoint callbacks: a best.ckpt, and a last.ckpt that is always there.
 
 A fit keeps `<run dir>/checkpoints/best.ckpt` and `last.ckpt` with Lightning's own callbacks where they do the job
 (`run_checkpoints`): a `ModelCheckpoint` for best.ckpt, a `ModelCheckpoint(save_last=True, every_n_train_steps=N)`
 for the periodic last.ckpt (`PeriodicLastCheckpoint`, which only leaves its empty state out of the checkpoint), and
 `LastCheckpoint` for what Lightning's callbacks lack (see its docstring). Every checkpoint
-goes through `AtomicCheckpointIO`, given to the Trainer as a plugin.
+goes through lit_vit.run_folder's `AtomicCheckpointIO`, given to the Trainer as a plugin; metrics.csv is
+lit_vit.run_folder's `RunLogger`.
 """
 
-import csv
-import errno
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.plugins import TorchCheckpointIO
 
 from lit_vit.errors import BadImageError
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; this one keeps it and appends (resumed runs)."""
-
-    # private: Lightning's CSV writer deletes an existing metrics.csv in this method, called by its constructor, and
-    # has no public option to append instead
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
-
-    def drop_rows_from_step(self, step: int) -> None:
-        """Drop rows logged at `step` or later: a run resumed from a checkpoint taken after `step` optimiser steps
-        logs them again. (Lightning logs a row with the number of steps taken before it, so those rows stay.)"""
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields, rows = reader.fieldnames, list(reader)
-        kept = [r for r in rows if not r.get("step") or int(r["step"]) < step]
-        if len(kept) < len(rows):
-            with open(self.metrics_file_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(kept)
-
-
-class RunLogger(CSVLogger):
-    """CSVLogger writing `<run dir>/metrics.csv` directly (no version_N folders) and appending on resume."""
-
-    def __init__(self, save_dir: str, flush_logs_every_n_steps: int = 100) -> None:
-        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
-
-    @property
-    def experiment(self) -> _AppendingWriter:
-        # private: CSVLogger keeps its writer in `_experiment` and has no public way to choose the writer's class
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to `<file>.tmp` beside it, then renames it over the file (`os.replace`, atomic within a
-    file system): a run killed while saving never leaves a truncated last.ckpt / best.ckpt.
-
-    Lightning's own writer goes through a temporary file in the system's temp folder and `shutil.move`, which is a copy,
-    not a rename, when that folder is on another file system than the run (e.g. a tmpfs /tmp)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        except BaseException as err:
-            written = tmp.stat().st_size if tmp.is_file() else 0
-            tmp.unlink(missing_ok=True)  # never leave a partial file; the previous checkpoint at `path` is intact
-            if isinstance(err, OSError) or not isinstance(err, RuntimeError) or "write" not in str(err):
-                raise
-            # torch's archive writer reports a failed write as a RuntimeError without the OS error: a full disk is
-            # the usual cause, said as such when the folder has no room left for what was being written
-            free = shutil.disk_usage(path.parent).free
-            if free > max(written, 1 << 20):
-                raise
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+from lit_vit.run_folder import RunLogger
 
 
 class PeriodicLastCheckpoint(ModelCheckpoint):
@@ -170,7 +99,7 @@ class LastCheckpoint(Checkpoint):
         # the loops are restored by now (with every strategy: FSDP restores after on_fit_start)
         logger = next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
         if trainer.ckpt_path is not None and logger is not None and trainer.is_global_zero:
-            logger.experiment.drop_rows_from_step(trainer.global_step)
+            logger.drop_rows_from_step(trainer.global_step)
 
 
 def run_checkpoints(dirpath: str | Path, monitor: str, mode: str = "max", every_n_steps: int = 100) -> list[Checkpoint]:

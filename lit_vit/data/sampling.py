@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_vit.errors import ConfigError
+from lit_vit.lightning_compat import batches_trained_this_epoch
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -112,10 +113,7 @@ class ResumableDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        # Batches whose training step ran in this epoch. Lightning has no public API for the position inside the
-        # epoch; its loop progress counter is the only source. `processed` (not `completed`, which lags by one
-        # while the on_train_batch_end hooks run, where periodic checkpoints are saved) counts the trained batches.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = batches_trained_this_epoch(trainer)
         if done >= trainer.num_training_batches:  # the epoch is complete: the resumed run starts the next one
             done = 0
         return {"epoch": trainer.current_epoch, "batches_done": done, "seed": self.seed}

@@ -11,13 +11,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from lit_vit.data.image_text import ImageTextDataModule
 from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
+from lit_vit.lightning_compat import attached_trainer, built_by_cli
 from lit_vit.models import weights
 from lit_vit.models.vilt import ViLT, wpa_distance
 from lit_vit.modules.optim import build_optimizer, linear_schedule, param_groups
@@ -77,7 +77,7 @@ class ViltModule(L.LightningModule):
         head_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["model"])
+        self.save_hyperparameters(ignore=None if built_by_cli() else ["model"])
         if not isinstance(model, ViLT):
             raise ConfigError(f"model must be lit_vit.models.vilt.ViLT, got {type(model).__name__}")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -131,8 +131,7 @@ class ViltModule(L.LightningModule):
             raise ConfigError("the checkpoint has no ViLT vocabulary (vilt_vocab); it was not written by a ViLT module")
         self.vocab = list(vocab)
         self.model.resize_vocab(len(vocab))
-        # `self.trainer` raises when none is attached (load_from_checkpoint): `_trainer` is the only way to ask
-        dm = getattr(self._trainer, "datamodule", None)
+        dm = getattr(attached_trainer(self), "datamodule", None)  # no trainer under load_from_checkpoint
         if isinstance(dm, ImageTextDataModule):
             dm.use_vocab(self.vocab)
             self.tokenizer = dm.tokenizer
