@@ -5,11 +5,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# At most 2 threads (the tiny test models gain nothing from more); OMP_NUM_THREADS, when set, wins: on a busy machine
-# one thread per process is several times faster than two competing for the same cores.
-if "OMP_NUM_THREADS" not in os.environ:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-
 # A ViT small enough for CLI tests on 2 CPU cores, on the embedded digits (16x16, 1 channel, 10 classes).
 TINY_VIT = {
     "class_path": "lit_vit.models.VisionTransformer",
@@ -36,6 +31,18 @@ def tiny_fit_args(run_dir, *extra: str, max_epochs: int = 1, limit_batches: int 
         "--seed_everything=0",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_threads():
+    """At most 2 torch threads for the whole session (the tiny test models gain nothing from more), set here and never
+    at import, so that collecting a module changes nothing; OMP_NUM_THREADS, when set, wins: on a busy machine one
+    thread per process is several times faster than two competing for the same cores."""
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from lit_vit.callbacks.fewshot import draw_kshot, fewshot_accuracy, ridge_fit, r
 from lit_vit.cli import main
 from lit_vit.errors import ConfigError
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_problem(n: int, d: int, classes: int, seed: int = 0):

@@ -15,7 +15,7 @@ from lit_vit.models.layers import POS_EMBED_KINDS
 from lit_vit.models.weights import load_pretrained
 from lit_vit.modules import ImageClassifier
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VIT_KINDS = [k for k in POS_EMBED_KINDS if k != "sincos_1d"]
 T2T_KINDS = ["sincos_1d", "learned_1d", "learned_2d", "relative"]
