@@ -20,7 +20,7 @@ from lit_vit.models import T2TViT, VisionTransformer
 from lit_vit.modules import ImageClassifier
 from lit_vit.modules.mixing import BatchMixer, Mixup
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 # one option on at a time (the others off), each against the plain pad-and-crop pipeline
