@@ -8,13 +8,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import WeightAveraging
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_vit.data.protocols import ClassificationData, missing_members, require
 from lit_vit.errors import ConfigError
+from lit_vit.lightning_compat import attached_trainer, built_by_cli
 from lit_vit.models import weights
 from lit_vit.modules.mixing import BatchMixer, Mixup, as_mixup, step_seed
 from lit_vit.modules.optim import build_optimizer, cosine_schedule, layer_ids, param_groups
@@ -91,6 +91,10 @@ class ImageClassifier(L.LightningModule):
             take precedence over the decay). null: off.
     """
 
+    # The metric best.ckpt keeps the best of, and whether higher is better ("max") or lower ("min"): the CLI's
+    # checkpoint callbacks read it; every lit_vit LightningModule declares one.
+    monitor: tuple[str, str] = ("val/acc1", "max")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -116,7 +120,7 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         # Under LightningCLI the backbone's class_path / init_args are saved, so the checkpoint alone rebuilds the
         # model; a backbone built in Python is an object and is passed again to load_from_checkpoint(backbone=...).
-        self.save_hyperparameters(ignore=None if _given_hyperparameters.get() else ["backbone"])
+        self.save_hyperparameters(ignore=None if built_by_cli() else ["backbone"])
         if not hasattr(backbone, "reset_classifier"):
             raise ConfigError(f"backbone {type(backbone).__name__} has no reset_classifier(num_classes) method")
         if head_init not in ("default", "zero"):
@@ -241,7 +245,7 @@ class ImageClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # An EMA checkpoint's state_dict is the average; only the EMA callback puts the trained weights back, so a fit
         # resumed without it would silently continue from the average.
-        trainer = self._trainer  # `self.trainer` raises when none is attached (load_from_checkpoint)
+        trainer = attached_trainer(self)  # None under load_from_checkpoint
         resuming = trainer is not None and trainer.state.fn == "fit"
         if resuming and "current_model_state" in checkpoint:
             if not any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
