@@ -92,8 +92,9 @@ class ViTArtifacts(Callback):
     """Writes the position-embedding similarity (or the relative bias maps), mean attention distance and attention
     rollout of the trained backbone to `<run dir>/artifacts/` (.npz numbers + .png) when fit ends.
 
-    Works with any backbone that has `pos_embed` (a PosEmbed: its `table` / `offset_table`), `grid`, `patch_embed`,
-    `num_prefix_tokens` and `attention_maps(x)` (VisionTransformer); missing parts are skipped with a warning.
+    Works with any backbone that has `pos_embed` (a PosEmbed: its `table` / `offset_table`), `grid`, `img_size`,
+    `num_prefix_tokens` and `attention_maps(x)` (the token encoders: ViT, hybrid, T2T-ViT); missing parts are skipped
+    with a warning.
 
     Args:
         num_images: validation images averaged for the mean attention distance.
@@ -150,7 +151,7 @@ def write_artifacts(backbone, datamodule, out: Path, num_images: int = 128, roll
         device = next(backbone.parameters()).device
         x = _validation_images(datamodule, max(num_images, rollout_images), device)
         grid, prefix = tuple(backbone.grid), backbone.num_prefix_tokens
-        patch = tuple(backbone.patch_embed.patch_size)
+        patch = tuple(size // g for size, g in zip(backbone.img_size, grid, strict=True))  # token stride in pixels
         distance = np.mean(
             [mean_attention_distance(backbone.attention_maps(chunk), grid, patch, prefix) for chunk in x.split(64)],
             axis=0,

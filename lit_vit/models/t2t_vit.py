@@ -15,6 +15,7 @@ from lit_vit.errors import ConfigError
 from lit_vit.models.layers import (
     Mlp,
     PosEmbedKind,
+    TokenEncoder,
     block_layer_ids,
     build_blocks,
     build_pos_embed,
@@ -165,7 +166,7 @@ class T2TModule(nn.Module):
         return self.project(self.soft_split2(x).transpose(1, 2)), (gh, gw)
 
 
-class T2TViT(nn.Module):
+class T2TViT(TokenEncoder, nn.Module):
     """T2T-ViT: T2T module, class token, position embedding, deep-narrow pre-LN blocks, final norm, head.
 
     Args:
@@ -280,14 +281,15 @@ class T2TViT(nn.Module):
         self.grid = t2t_grid(self.img_size)
         self.pos_embed.resize(self.grid)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens entering the first block: [class token; T2T tokens] + position embedding, and the token grid."""
         x, grid = self.tokens_to_token(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.pos_drop(self.pos_embed(x, grid))
-        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
-        for block in self.blocks:
-            x = block(x, attn_bias, qk_hook)
-        return self.norm(x)
+        return self.pos_drop(self.pos_embed(x, grid)), grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid = self.embed(x)
+        return self.norm(self.run_blocks(x, grid)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]

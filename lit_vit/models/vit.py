@@ -8,6 +8,7 @@ from lit_vit.models.layers import (
     PatchEmbed,
     PoolKind,
     PosEmbedKind,
+    TokenEncoder,
     block_layer_ids,
     build_blocks,
     build_pos_embed,
@@ -20,7 +21,7 @@ from lit_vit.models.layers import (
 from lit_vit.models.variants import VIT_VARIANTS, vit_dims
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TokenEncoder, nn.Module):
     """ViT: patch embedding, optional class token, position embedding, pre-LN blocks, final norm, pooling, head.
 
     Args:
@@ -136,21 +137,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid = self.embed(x)
-        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
-        for block in self.blocks:
-            x = block(x, attn_bias, qk_hook)
-        return self.norm(x)
-
-    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Attention probabilities of every block (a list of B x heads x N x N, class token first when present),
-        computed explicitly for analysis; `forward` keeps the fused attention kernel."""
-        x, grid = self.embed(x)
-        attn_bias, qk_hook = self.pos_embed.attn_bias(grid), self.pos_embed.qk_hook(grid)
-        maps = []
-        for block in self.blocks:
-            maps.append(block.attn.attention_probs(block.norm1(x), attn_bias, qk_hook))
-            x = block(x, attn_bias, qk_hook)
-        return maps
+        return self.norm(self.run_blocks(x, grid)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.pool == "cls":

@@ -1,6 +1,7 @@
 from lit_vit.models.layers.attention import Attention, Block, QKHook, build_blocks
 from lit_vit.models.layers.dims import merge_dims
 from lit_vit.models.layers.drop_path import DropPath
+from lit_vit.models.layers.encoder import TokenEncoder, take_indices
 from lit_vit.models.layers.groups import block_layer_ids
 from lit_vit.models.layers.init import init_weights, linear_head
 from lit_vit.models.layers.mlp import Mlp
@@ -30,6 +31,7 @@ __all__ = [
     "PosEmbed",
     "PosEmbedKind",
     "QKHook",
+    "TokenEncoder",
     "block_layer_ids",
     "build_blocks",
     "build_pos_embed",
@@ -42,5 +44,6 @@ __all__ = [
     "resample_grid",
     "resample_state_dict",
     "resample_table",
+    "take_indices",
     "to_2tuple",
 ]
