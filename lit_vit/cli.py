@@ -1,7 +1,8 @@
 """`python -m lit_vit fit | validate | test | predict --config <yaml>`: LightningCLI with lit_vit's run directory.
 
 A run lives in the Trainer's `default_root_dir`: config.yaml, metrics.csv, checkpoints/last.ckpt and
-checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it.
+checkpoints/best.ckpt. `--ckpt_path last` continues that run; a new fit never silently overwrites it. The run folder's
+rules and writers (guard, resume diff, checkpoint reading, metrics.csv, atomic checkpoints) are lit_vit.run_folder's.
 """
 
 import importlib
@@ -28,7 +29,6 @@ from lit_vit.callbacks.resume import ExactResume, stopped_by
 from lit_vit.cli_parser import EpilogFormatter, LitViTParser
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, config_error_in, user_message
-from lit_vit.models import weights
 from lit_vit.run_folder import (
     RESUME_MAY_CHANGE,
     AtomicCheckpointIO,
@@ -40,6 +40,7 @@ from lit_vit.run_folder import (
     model_differences,
     new_evaluation_dir,
     own_folder_of_config,
+    read_checkpoint,
     release_folders,
     resolve_ckpt_path,
 )
@@ -56,29 +57,6 @@ class FitConfigSaver(SaveConfigCallback):
             self.config = self.config.clone()
             self.config.ckpt_path = None
             super().setup(trainer, pl_module, stage)
-
-
-def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
-    """A Lightning checkpoint read by `weights.read` (safe: weights_only=True), or an error that names the file and
-    the fix: missing, empty, truncated, not a checkpoint (e.g. a bare weights file or a pickle of Python objects)."""
-    best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
-    earlier = (
-        f"resume from {best} or an earlier copy of the checkpoint"
-        if best is not None and best.is_file() and best.resolve() != path.resolve()
-        else "use another checkpoint of the run (best.ckpt, last.ckpt) or an earlier copy"
-    )
-    tensors, meta = weights.read(
-        path,
-        what="checkpoint",
-        expect="a .ckpt file written by lit_vit",
-        advice=f"{earlier}. lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt",
-    )
-    if meta["format"] != "lightning":
-        raise ConfigError(
-            f"{path} is not a Lightning checkpoint (no state_dict / loop state), e.g. a bare weights file: to start "
-            "from its weights use --model.init_args.pretrained <file> (and no --ckpt_path)"
-        )
-    return {**{k: v for k, v in meta.items() if k not in ("format", "nested", "path")}, "state_dict": tensors}
 
 
 def check_training_length(trainer_cfg: Any) -> None:

@@ -30,6 +30,7 @@ from lit_vit import lightning_compat
 from lit_vit.ablation.claims import Claim, read_claim, try_claim
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, find_in_chain
+from lit_vit.models import weights
 
 
 def is_primary_process(per_machine: bool = False) -> bool:
@@ -199,6 +200,30 @@ def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> 
                 f"or resume {run_dir}'s own run with --ckpt_path last"
             )
     return None if path is None else str(path)
+
+
+def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """A Lightning checkpoint read by `lit_vit.models.weights.read` (safe: weights_only=True), or an error that names
+    the file and the fix: missing, empty, truncated, not a checkpoint (e.g. a bare weights file or a pickle of Python
+    objects). `run_dir`: the run whose best.ckpt the error suggests instead."""
+    best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
+    earlier = (
+        f"resume from {best} or an earlier copy of the checkpoint"
+        if best is not None and best.is_file() and best.resolve() != path.resolve()
+        else "use another checkpoint of the run (best.ckpt, last.ckpt) or an earlier copy"
+    )
+    tensors, meta = weights.read(
+        path,
+        what="checkpoint",
+        expect="a .ckpt file written by lit_vit",
+        advice=f"{earlier}. lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt",
+    )
+    if meta["format"] != "lightning":
+        raise ConfigError(
+            f"{path} is not a Lightning checkpoint (no state_dict / loop state), e.g. a bare weights file: to start "
+            "from its weights use --model.init_args.pretrained <file> (and no --ckpt_path)"
+        )
+    return {**{k: v for k, v in meta.items() if k not in ("format", "nested", "path")}, "state_dict": tensors}
 
 
 # Model options that may differ from the checkpoint's when resuming: they change neither the network nor the

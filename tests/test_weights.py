@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lit_vit.cli import read_checkpoint
 from lit_vit.errors import ConfigError
 from lit_vit.models import HybridViT, T2TViT, ViLT, VisionTransformer
 from lit_vit.models.weights import LoadReport, load_pretrained, read
+from lit_vit.run_folder import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
