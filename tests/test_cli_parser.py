@@ -4,6 +4,7 @@ import pytest
 
 from lit_vit.cli import main
 from lit_vit.cli_parser import condense
+from lit_vit.models.layers import POS_EMBED_KINDS
 
 BB = "--model.init_args.backbone.init_args"
 
@@ -13,8 +14,8 @@ BB = "--model.init_args.backbone.init_args"
     [
         (
             f"{BB}.pos_embed=rope3",
-            "error: --model.backbone.pos_embed: expected one of none, learned_1d, learned_2d, sincos_2d, relative, "
-            "sincos_1d, rope_2d; got 'rope3' (see --help)",
+            f"error: --model.backbone.pos_embed: expected one of {', '.join(POS_EMBED_KINDS)}; got 'rope3' "
+            "(see --help)",
         ),
         ("--data.init_args.batch_size=1.5", "error: --data.batch_size: expected int; got '1.5' (see --help)"),
         ("--trainer.max_epochs=abc", "error: --trainer.max_epochs: expected int or null; got 'abc' (see --help)"),

@@ -11,14 +11,16 @@ from lightning.pytorch.callbacks import Callback
 from lit_vit.data import DigitsDataModule
 from lit_vit.errors import ConfigError
 from lit_vit.models import HybridViT, T2TViT, VisionTransformer
-from lit_vit.models.layers import POS_EMBED_KINDS
+from lit_vit.models.layers import POS_EMBED_KINDS, build_pos_embed
 from lit_vit.models.weights import load_pretrained
 from lit_vit.modules import ImageClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 VIT_KINDS = [k for k in POS_EMBED_KINDS if k != "sincos_1d"]
-T2T_KINDS = ["sincos_1d", "learned_1d", "learned_2d", "relative"]
+# the kinds that store a table (resampled to a new grid); the others compute theirs for any grid
+STORED_KINDS = [k for k in POS_EMBED_KINDS if build_pos_embed(k, 16, (2, 2), 1, 2).state_dict()]
+T2T_KINDS = STORED_KINDS  # T2T-ViT at a new size: every kind with a table is resampled
 
 
 def vit(size: int, kind: str, seed: int = 0, **kw) -> VisionTransformer:
@@ -71,7 +73,7 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
 
     big = vit(24, kind, seed=1)  # 4x4 -> 6x6 patch grid
     report = load_pretrained(big, path)
-    assert report.resampled == (None if kind in ("none", "sincos_2d", "rope_2d") else ((4, 4), (6, 6)))
+    assert report.resampled == (((4, 4), (6, 6)) if kind in STORED_KINDS else None)
     resized = copy.deepcopy(a)
     resized.resize_pos_embed(24)
     for (name, p), (_, q) in zip(big.pos_embed.named_parameters(), resized.pos_embed.named_parameters()):
@@ -106,7 +108,7 @@ def test_hybrid_checkpoint_loads_at_a_new_size_as_its_own_resize(kind, tmp_path)
     big = hybrid(24, kind, seed=1)  # 4x4 -> 6x6 token grid
     report = load_pretrained(big, path)
     assert report.family == "hybrid" and report.skipped_head == ["head.weight", "head.bias"]
-    assert report.resampled == (None if kind in ("none", "sincos_2d", "rope_2d") else ((4, 4), (6, 6)))
+    assert report.resampled == (((4, 4), (6, 6)) if kind in STORED_KINDS else None)
     torch.testing.assert_close(features(big, x24), features(a, x24), rtol=1e-5, atol=1e-5)
 
 
