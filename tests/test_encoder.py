@@ -138,3 +138,20 @@ def test_t2t_vit_gets_attention_artifacts_with_its_16_pixel_tokens(tmp_path):
     with np.load(tmp_path / "attention_distance.npz") as data:
         assert data["distance"].shape == (2, 2)  # blocks x heads
         assert float(data["max_distance"]) == pytest.approx(16 * 2**0.5)  # a 2 x 2 grid of 16-pixel tokens
+
+
+def test_every_named_vit_size_has_a_factory_importable_by_its_timm_style_name():
+    import lit_vit.models
+    import lit_vit.models.vit
+    from lit_vit.models import VIT_VARIANTS, vit_b, vit_ti  # noqa: F401 - the names users import
+
+    names = [f"vit_{v.lower()}" for v in VIT_VARIANTS]
+    assert names == ["vit_ti", "vit_s", "vit_b", "vit_l", "vit_h"]
+    assert set(names) <= set(lit_vit.models.__all__)
+    for variant, name in zip(VIT_VARIANTS, names, strict=True):
+        build = getattr(lit_vit.models, name)
+        assert build is getattr(lit_vit.models.vit, name) and build.__name__ == name
+        assert f"ViT-{variant}/" in build.__doc__
+    model = vit_ti(patch_size=8, img_size=32, num_classes=3)
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (192, 12, 3)
+    assert model.patch_embed.patch_size == (8, 8)

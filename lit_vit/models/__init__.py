@@ -3,7 +3,9 @@
 from lit_vit.models.hybrid import HYBRID_VARIANTS, HybridViT
 from lit_vit.models.t2t_vit import T2T_VARIANTS, T2TViT
 from lit_vit.models.vilt import ViLT
-from lit_vit.models.vit import VIT_VARIANTS, VisionTransformer, vit_b, vit_h, vit_l, vit_s, vit_ti
+from lit_vit.models.vit import VIT_FACTORIES, VIT_VARIANTS, VisionTransformer
+
+globals().update(VIT_FACTORIES)  # vit_ti ... vit_h, one per named size
 
 __all__ = [
     "HYBRID_VARIANTS",
@@ -13,9 +15,5 @@ __all__ = [
     "T2TViT",
     "VIT_VARIANTS",
     "VisionTransformer",
-    "vit_b",
-    "vit_h",
-    "vit_l",
-    "vit_s",
-    "vit_ti",
+    *VIT_FACTORIES,
 ]

@@ -157,9 +157,15 @@ def _factory(variant: str):
     def build(patch_size: int = 16, **kwargs) -> VisionTransformer:
         return VisionTransformer(variant=variant, patch_size=patch_size, **kwargs)
 
-    build.__name__ = f"vit_{variant.lower()}"
+    build.__name__ = build.__qualname__ = f"vit_{variant.lower()}"
     build.__doc__ = f"ViT-{variant}/<patch_size> ({VIT_VARIANTS[variant]})."
     return build
 
 
-vit_ti, vit_s, vit_b, vit_l, vit_h = (_factory(v) for v in VIT_VARIANTS)
+# One factory per row of VIT_VARIANTS (vit_ti, vit_s, vit_b, vit_l, vit_h, `vit_b(patch_size=32)`), made here so that
+# a new size is one row there and no code.
+VIT_FACTORIES = {f"vit_{variant.lower()}": _factory(variant) for variant in VIT_VARIANTS}
+for _name, _build in VIT_FACTORIES.items():
+    _build.__module__ = __name__
+    globals()[_name] = _build
+del _name, _build
