@@ -663,3 +663,28 @@ REFERENCE = {
         ],
     ),
 }
+
+
+def test_layer_decay_and_weight_decay_of_vit_parameters_equal_timms_but_the_final_norm_is_the_read_outs():
+    import timm
+    from timm.optim import param_groups_layer_decay
+
+    kw = dict(img_size=32, patch_size=8, num_classes=7, embed_dim=32, depth=3, num_heads=4)
+    ref = timm.models.vision_transformer.VisionTransformer(**kw)
+    theirs = {}
+    names = {id(p): n for n, p in ref.named_parameters()}
+    for g in param_groups_layer_decay(
+        ref, weight_decay=0.05, no_weight_decay_list=ref.no_weight_decay(), layer_decay=0.5
+    ):
+        theirs.update({names[id(p)]: (g["lr_scale"], g["weight_decay"]) for p in g["params"]})
+    ours = VisionTransformer(**kw)
+    names = {id(p): n.replace("pos_embed.pos_embed", "pos_embed") for n, p in ours.named_parameters()}  # timm's name
+    mine = {}
+    for g in param_groups(ours, 1.0, 0.05, layer_decay=0.5):
+        mine.update({names[id(p)]: (g.get("lr", 1.0), g["weight_decay"]) for p in g["params"]})
+    assert len(mine) == len(theirs) == len(list(ours.parameters()))
+    # the one difference: the final norm is the read-out's layer (depth + 1) as in BEiT / MAE's lr_decay.py; timm's
+    # group_matcher puts it with the last block
+    norm = {"norm.weight", "norm.bias"}
+    assert {n: v for n, v in mine.items() if n not in norm} == {n: v for n, v in theirs.items() if n not in norm}
+    assert {mine[n][0] for n in norm} == {1.0} and {theirs[n][0] for n in norm} == {0.5}
