@@ -193,7 +193,10 @@ def test_results_csv_has_one_row_per_run_and_the_plots_exist(sweep):
         ("learned_1d", "1"),
     ]
     for row in rows:
-        assert 0.0 <= float(row["final_val_acc1"]) <= float(row["best_val_acc1"]) <= 1.0
+        with open(root / row["variant"] / f"seed={row['seed']}" / "metrics.csv") as f:
+            val = [float(r["val/acc1"]) for r in csv.DictReader(f) if r.get("val/acc1")]
+        assert len(val) == 2 and all(v * 8 == round(v * 8) for v in val)  # 2 epochs, each 1 val batch of 8 digits
+        assert float(row["final_val_acc1"]) == val[-1] and float(row["best_val_acc1"]) == max(val)
         assert float(row["final_val_acc5"]) >= float(row["final_val_acc1"])
         assert float(row["train_images_per_s"]) > 0 and float(row["wall_s"]) > 0 and row["final_val_loss"]
     params = {r["variant"]: int(r["params"]) for r in rows}
