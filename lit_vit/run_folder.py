@@ -217,6 +217,7 @@ def read_checkpoint(path: Path, run_dir: Path | None = None) -> dict[str, Any]:
         what="checkpoint",
         expect="a .ckpt file written by lit_vit",
         advice=f"{earlier}. lit_vit writes <run dir>/checkpoints/last.ckpt and best.ckpt",
+        trusted=(),  # a lit_vit checkpoint holds tensors and plain containers only
     )
     if meta["format"] != "lightning":
         raise ConfigError(

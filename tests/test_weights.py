@@ -1,6 +1,7 @@
 """The weights API: `read` (the one reader of weights and checkpoint files: every file kind, every refusal named)
 and `load_pretrained` (one entry point and one LoadReport for ViT, hybrid, T2T-ViT and ViLT)."""
 
+import argparse
 import pickle
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def test_a_file_with_python_objects_is_refused_without_running_code(tmp_path):
     with pytest.raises(ConfigError, match=r"evil\.pth holds Python objects .*weights_only=True") as err:
         read(tmp_path / "evil.pth")
     assert "safetensors" in str(err.value)  # the fix: re-save the state dict or convert it
+    # the `args` (an argparse.Namespace) of timm's training script, in official T2T-ViT files, is let through for
+    # weights; a lit_vit checkpoint given to --ckpt_path never holds one
+    torch.save({"state_dict": sd(), "args": argparse.Namespace(lr=1)}, tmp_path / "args.pth")
+    assert read(tmp_path / "args.pth")[1]["args"].lr == 1
+    with pytest.raises(ConfigError, match=r"args\.pth holds Python objects .*weights_only=True"):
+        read_checkpoint(tmp_path / "args.pth")
     with (tmp_path / "plain.pkl").open("wb") as f:
         pickle.dump({"a": torch.zeros(1)}, f)  # a plain pickle is not torch.save's format at all
     with pytest.raises(ConfigError, match=r"plain\.pkl is not a readable weights file"):

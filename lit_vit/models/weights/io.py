@@ -27,12 +27,14 @@ def read(
     what: str = "weights file",
     expect: str = EXPECTED,
     advice: str = "write the file again or use an earlier copy",
+    trusted: tuple[type, ...] = (argparse.Namespace,),
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, meta) of a weights or checkpoint file: the one reader of lit_vit, no code runs.
 
     .safetensors files are read with safetensors, everything else with torch.load(weights_only=True) (tensors and
-    plain containers only; argparse.Namespace allowed, the `args` of timm's training script in official T2T-ViT
-    files); a folder is a HuggingFace save_pretrained folder (model.safetensors or pytorch_model.bin).
+    plain containers only, and the `trusted` types: by default argparse.Namespace, the `args` of timm's training
+    script in official T2T-ViT files; the CLI trusts none in a Lightning checkpoint); a folder is a HuggingFace
+    save_pretrained folder (model.safetensors or pytorch_model.bin).
 
     `tensors` is the state dict, taken from the first nesting of `prefer` present (`state_dict_ema`, `model_ema`,
     `state_dict`, `model`, `module`: EMA weights first) or the top level, `module.` prefixes removed; key prefixes of
@@ -59,7 +61,7 @@ def read(
         raise ConfigError(f"{what} {path} is empty (0 bytes): it was not written completely; {advice}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path, what, advice)
-    obj = _torch_load(path, what, advice)
+    obj = _torch_load(path, what, advice, trusted)
     if not isinstance(obj, dict):
         raise ConfigError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
     nested = next((k for k in prefer if isinstance(obj.get(k), dict) and obj[k]), None)
@@ -102,10 +104,10 @@ def _read_safetensors(path: Path, what: str, advice: str) -> tuple[dict[str, tor
     }
 
 
-def _torch_load(path: Path, what: str, advice: str) -> Any:
+def _torch_load(path: Path, what: str, advice: str, trusted: tuple[type, ...]) -> Any:
     archive = zipfile.is_zipfile(path)  # torch.save's format; a truncated archive loses its central directory
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(list(trusted)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=archive)
     except pickle.UnpicklingError as err:
         if not archive:
