@@ -61,6 +61,7 @@ def test_the_cli_stops_with_one_line_before_it_parses_anything(monkeypatch, caps
     assert line.startswith("error: lightning 2.7.0 is installed") and UNTESTED_LIGHTNING_ENV in line
 
 
+@pytest.mark.slow  # a python subprocess importing lit_vit (about 10 s on 2 busy cores)
 def test_importing_lit_vit_patches_nothing_until_asked():
     """The SIGTERM fix is applied by the CLI or by lit_vit.patch_lightning(), never as a side effect of an import."""
     code = (
