@@ -58,8 +58,8 @@ class EMA(EMAWeightAveraging):
             update_starting_at_step=update_starting_at_step,
         )
         self.decay = decay
-        self._checkpoint: dict[str, Any] | None = None
-        self._trainer: L.Trainer | None = None
+        self.checkpoint_to_restore: dict[str, Any] | None = None
+        self.fit_trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pass  # see the module docstring: the average is built in on_fit_start
@@ -67,7 +67,7 @@ class EMA(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # outside fit the checkpoint's state_dict (the average) is what the module loads: nothing else to do
         if trainer.state.fn == "fit":
-            self._checkpoint = checkpoint
+            self.checkpoint_to_restore = checkpoint
 
     def state_dict(self) -> dict[str, Any]:
         # A checkpoint written after this step's optimiser step but before this callback's on_train_batch_end would
@@ -76,16 +76,16 @@ class EMA(EMAWeightAveraging):
         # but a plain callback listed before this one that saves in on_train_batch_end, or Ctrl-C between the
         # optimiser step and this hook (LastCheckpoint saves on it), would write such a checkpoint. Lightning asks for
         # this state before on_save_checkpoint.
-        if self._trainer is not None:
-            update_average_now(self, self._trainer)
+        if self.fit_trainer is not None:
+            update_average_now(self, self.fit_trainer)
         return super().state_dict()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = trainer
+        self.fit_trainer = trainer
         build_average_model(self, pl_module)
-        if self._checkpoint is not None:
-            super().on_load_checkpoint(trainer, pl_module, self._checkpoint)  # average <- state_dict, module <- current
-            self._checkpoint = None
+        if self.checkpoint_to_restore is not None:
+            super().on_load_checkpoint(trainer, pl_module, self.checkpoint_to_restore)  # average <- state_dict, module <- current
+            self.checkpoint_to_restore = None
 
 
 def averaged_module(trainer: L.Trainer, pl_module: L.LightningModule) -> L.LightningModule:

@@ -98,7 +98,7 @@ class ExactResume(Callback):
     def __init__(self) -> None:
         self._pending: list[dict[str, Any]] | None = None
         self._previous_handler: Any = None
-        self._trainer: L.Trainer | None = None
+        self.sigint_trainer: L.Trainer | None = None
 
     # -- checkpoint ----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -145,11 +145,11 @@ class ExactResume(Callback):
         stopped_by["signal"] = None
         if threading.current_thread() is not threading.main_thread():
             return
-        self._trainer = trainer
+        self.sigint_trainer = trainer
         self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        trainer = self._trainer
+        trainer = self.sigint_trainer
         if trainer is None or stopped_by["signal"] is not None:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         stopped_by["signal"] = signum
@@ -164,7 +164,7 @@ class ExactResume(Callback):
     def _restore_sigint(self) -> None:
         if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_handler)
-        self._previous_handler, self._trainer = None, None
+        self._previous_handler, self.sigint_trainer = None, None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
