@@ -20,10 +20,11 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this pid exists on this host (False for a pid that is not a number)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
+    except (ProcessLookupError, TypeError, ValueError):
         return False
     except PermissionError:  # exists, owned by someone else
         return True
@@ -44,7 +45,7 @@ def is_stale(run_dir: Path, claim: dict | None = None, now: float | None = None)
     if claim is None:
         return path.exists()  # unreadable (written half by a killed process): stale
     if claim.get("host") == socket.gethostname():
-        return not _pid_alive(int(claim.get("pid", -1)))
+        return not pid_alive(claim.get("pid", -1))
     try:
         age = (now or time.time()) - path.stat().st_mtime
     except FileNotFoundError:

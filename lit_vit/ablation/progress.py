@@ -7,7 +7,6 @@ epochs, done with its numbers, failed with its error), so a log file tells the s
 """
 
 import logging
-import os
 import socket
 import sys
 import threading
@@ -21,20 +20,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from lit_vit.ablation.claims import read_claim
+from lit_vit.ablation.claims import pid_alive, read_claim
 from lit_vit.ablation.plan import Run
 from lit_vit.ablation.results import read_done
 from lit_vit.callbacks.progress import read_progress
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _pct(value: Any) -> str:
@@ -103,11 +92,11 @@ class SweepProgress:
             return Status("done", **attempt | {"epoch": done.get("epochs")}, elapsed=done.get("wall_s"), done=done)
         if progress.get("state") == "failed" and (progress.get("updated") or 0) >= self.t0:
             return Status("failed", **attempt, error=progress.get("error") or "")
-        if progress.get("state") == "running" and _alive(progress.get("pid")):
+        if progress.get("state") == "running" and pid_alive(progress.get("pid")):
             state = "running" if where else "elsewhere"
             return Status(state, **attempt, elapsed=now - (progress.get("started") or now))
         claim = read_claim(run.dir)
-        if claim and _alive(claim.get("pid")):
+        if claim and pid_alive(claim.get("pid")):
             mine = self.where(claim.get("pid"), claim.get("host"))
             holder = mine or f"{claim.get('host')}:{claim.get('pid')}"
             return Status("starting" if mine else "elsewhere", where=holder, mine=mine is not None)

@@ -26,6 +26,7 @@ import yaml
 
 from lit_vit.ablation.results import collect, fewshot_columns, mean_std, parse_results, read_results
 from lit_vit.config_diff import flatten
+from lit_vit.files import write_text_atomic
 
 REPORT_FILE = "report.md"
 PAPER = "Dosovitskiy et al., *An Image is Worth 16x16 Words*, ICLR 2021 (arXiv 2010.11929)"
@@ -405,11 +406,7 @@ def report_text(sweep_dir: str | Path, rows: list[dict] | None = None) -> str:
 def write_report(sweep_dir: str | Path, rows: list[dict] | None = None) -> Path:
     """Write `<sweep dir>/report.md` (atomically: other hosts of the sweep may read it)."""
     sweep_dir = Path(sweep_dir)
-    path = sweep_dir / REPORT_FILE
-    tmp = sweep_dir / (REPORT_FILE + ".tmp")
-    tmp.write_text(report_text(sweep_dir, rows))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(sweep_dir / REPORT_FILE, report_text(sweep_dir, rows))
 
 
 # ---------------------------------------------------------------- README / docs tables

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_vit.errors import ConfigError
+from lit_vit.files import write_text_atomic
 
 DONE_FILE = "done.json"
 RESULTS_FILE = "results.csv"
@@ -128,9 +129,7 @@ def summarise_run(run: Path, variant: str, seed: int, **extra: Any) -> dict[str,
 
 def write_done(run: Path, row: dict[str, Any]) -> None:
     """Marks a run finished; written last (atomically), so a run without it is resumed or restarted, never skipped."""
-    tmp = Path(run) / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    tmp.replace(Path(run) / DONE_FILE)
+    write_text_atomic(Path(run) / DONE_FILE, json.dumps(row, indent=2) + "\n")
 
 
 def read_done(run: Path) -> dict[str, Any] | None:

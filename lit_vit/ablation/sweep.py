@@ -34,6 +34,7 @@ from lit_vit.ablation.workers import Worker, start_workers, wait_for_workers
 from lit_vit.callbacks.progress import WORKER_ENV, read_progress
 from lit_vit.cli import LitViTCLI
 from lit_vit.errors import ConfigError
+from lit_vit.files import write_text_atomic
 from lit_vit.run_folder import is_primary_process
 
 SWEEP_HELP = """\
@@ -107,9 +108,7 @@ def run_sweep(cli: SweepCLI) -> None:
     validate_runs(cli.parser, runs)  # before anything is written: a sweep that cannot run leaves no folder behind
     if primary:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        tmp = sweep_dir / (SWEEP_CONFIG + f".{os.getpid()}.tmp")  # other processes may read it now (torchrun)
-        tmp.write_text(dumped)
-        tmp.replace(sweep_dir / SWEEP_CONFIG)
+        write_text_atomic(sweep_dir / SWEEP_CONFIG, dumped)  # other processes may read it now (torchrun)
 
     states = [run.state for run in runs]
     say = print if primary else (lambda *a, **k: None)

@@ -84,7 +84,8 @@ class EMA(EMAWeightAveraging):
         self.fit_trainer = trainer
         build_average_model(self, pl_module)
         if self.checkpoint_to_restore is not None:
-            super().on_load_checkpoint(trainer, pl_module, self.checkpoint_to_restore)  # average <- state_dict, module <- current
+            # average <- state_dict, module <- current
+            super().on_load_checkpoint(trainer, pl_module, self.checkpoint_to_restore)
             self.checkpoint_to_restore = None
 
 

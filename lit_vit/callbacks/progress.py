@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from lit_vit.files import write_text_atomic
+
 PROGRESS_FILE = "progress.json"
 # set by the sweep for its worker processes: the index shown as "running on worker <i>"
 WORKER_ENV = "LIT_VIT_SWEEP_WORKER"
@@ -33,9 +35,7 @@ def write_progress(run_dir: Path, **values: Any) -> None:
     """Updates `<run_dir>/progress.json` with `values` (atomically)."""
     run_dir = Path(run_dir)
     state = {**(read_progress(run_dir) or {}), **values, "updated": time.time()}
-    tmp = run_dir / f"{PROGRESS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state))
-    tmp.replace(run_dir / PROGRESS_FILE)
+    write_text_atomic(run_dir / PROGRESS_FILE, json.dumps(state))
 
 
 class RunProgress(Callback):
