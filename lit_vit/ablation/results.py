@@ -1,6 +1,7 @@
 """What a finished sweep run leaves behind (done.json) and the sweep's results.csv, read back from the run folders."""
 
 import csv
+import functools
 import json
 import math
 from pathlib import Path
@@ -200,6 +201,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache  # one `git` call per process: a sweep worker records it for each of its runs
 def _git_commit() -> str | None:
     """The commit of the lit_vit checkout this code runs from (with "-dirty" when it has uncommitted changes); None
     for an installed copy outside a git checkout or without git."""
