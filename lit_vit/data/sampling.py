@@ -42,8 +42,12 @@ class SeededSampler(DistributedSampler):
         """Drop the first `num_samples` of the next epoch's order (they were consumed before an interruption)."""
         self._skip = num_samples
 
+    def order(self) -> list[int]:
+        """This process's indices of the current epoch, before any skip (a subclass may define another order)."""
+        return list(super().__iter__())
+
     def __iter__(self) -> Iterator[Any]:
-        indices = list(super().__iter__())[self._skip :]
+        indices = self.order()[self._skip :]
         self._skip = 0
         if not self.with_seeds:
             return iter(indices)
@@ -126,9 +130,12 @@ class ResumableDataModule(L.LightningDataModule):
             )
         self._resume = state_dict if state_dict.get("batches_done", 0) > 0 else None
 
-    def train_loader(self, dataset: Dataset, **loader_kwargs: Any) -> "ResumableDataLoader":
-        """The shuffled training loader (full batches only); the first one after a resume skips the trained part."""
-        sampler = SeededSampler(dataset, shuffle=True, seed=self.seed)
+    def train_loader(
+        self, dataset: Dataset, sampler: SeededSampler | None = None, **loader_kwargs: Any
+    ) -> "ResumableDataLoader":
+        """The shuffled training loader (full batches only); the first one after a resume skips the trained part.
+        `sampler`: another order (a SeededSampler subclass, e.g. shard by shard), default every sample shuffled."""
+        sampler = SeededSampler(dataset, shuffle=True, seed=self.seed) if sampler is None else sampler
         resume, self._resume = self._resume, None
         if resume is not None:
             sampler.set_epoch(resume["epoch"])
