@@ -324,10 +324,14 @@ def ipot(
     return T.masked_fill(joint_pad, 0)
 
 
-def wpa_distance(out: dict[str, torch.Tensor], beta: float = 0.5, iters: int = 50, k: int = 1) -> torch.Tensor:
-    """Per-pair optimal-transport distance between words and patches, in float32 (official: autocast off).
+def wpa_plan(
+    out: dict[str, torch.Tensor], beta: float = 0.5, iters: int = 50, k: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """WPA's transport between words and patches, in float32 (official: autocast off): (cost (B, L, 1 + P), plan
+    (B, 1 + P, L), the text and image masks of the tokens that take part).
 
-    Text [CLS], the last real text token ([SEP]) and the image [CLS] are left out, as in the official code.
+    Text [CLS], the last real text token ([SEP]) and the image [CLS] are left out, as in the official code: their rows
+    of the cost and the plan are zero. Each word's plan mass (a column) sums to 1 / (number of words).
     """
     with torch.autocast(device_type=out["text_feats"].device.type, enabled=False):
         txt, img = out["text_feats"].float(), out["image_feats"].float()
@@ -338,6 +342,13 @@ def wpa_distance(out: dict[str, torch.Tensor], beta: float = 0.5, iters: int = 5
         img_mask[:, 0] = False
         cost = cosine_cost(txt, img).masked_fill(~txt_mask[:, :, None] | ~img_mask[:, None, :], 0)
         T = ipot(cost.detach(), ~txt_mask, ~img_mask, beta, iters, k)
+        return cost, T, txt_mask, img_mask
+
+
+def wpa_distance(out: dict[str, torch.Tensor], beta: float = 0.5, iters: int = 50, k: int = 1) -> torch.Tensor:
+    """Per-pair optimal-transport distance between words and patches (`wpa_plan`), in float32."""
+    cost, T, _, _ = wpa_plan(out, beta, iters, k)
+    with torch.autocast(device_type=cost.device.type, enabled=False):
         return torch.diagonal(cost @ T.detach(), dim1=1, dim2=2).sum(-1)
 
 
