@@ -3,7 +3,9 @@ from lit_vit.data.image_text import (
     CocoCaptionsDataModule,
     ImageTextDataModule,
     KarpathyDataModule,
+    NLVR2DataModule,
     SceneDataModule,
+    SceneNLVR2DataModule,
     VQAv2DataModule,
 )
 from lit_vit.data.protocols import ClassificationData, FewShotData
@@ -18,6 +20,8 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageTextDataModule",
     "KarpathyDataModule",
+    "NLVR2DataModule",
     "SceneDataModule",
+    "SceneNLVR2DataModule",
     "VQAv2DataModule",
 ]

@@ -3,9 +3,9 @@
 The forward pass reads top to bottom in `ViLT.forward`: BERT-style text embeddings, ViT patch embeddings with the
 position table interpolated per image to its own patch grid, a pixel mask for padding, random patch sampling in
 training, modality-type embeddings, the blocks with the padding mask as an additive attention bias, final norm and
-a pooler on the first ([CLS]) token. The heads (ITM, MLM tied to the word embeddings, VQA, retrieval rank) live on
-the same module; word-patch alignment (IPOT) is a function of the features. Converters for the HuggingFace and the
-original ViLT checkpoint layouts sit at the end of the file.
+a pooler on the first ([CLS]) token. The heads (ITM, MLM tied to the word embeddings, VQA, retrieval rank, the NLVR2
+pair head over two images) live on the same module; word-patch alignment (IPOT) is a function of the features.
+Converters for the HuggingFace and the original ViLT checkpoint layouts sit at the end of the file.
 """
 
 import torch
@@ -78,6 +78,8 @@ class ViLT(nn.Module):
         text_norm_eps: LayerNorm epsilon of the text embeddings and the MLM head (BERT's 1e-12).
         num_answers: size of the VQA classifier (0: no VQA head; set by the VQA module from the data).
         rank_head: add the retrieval rank head Linear(D, 1) (initialised from the ITM positive row).
+        nlvr2_head: add the NLVR2 pair head Linear(2D, 2D) - LayerNorm - GELU - Linear(2D, 2) over the two images'
+            pooled outputs, and a third modality-type row (the second image's, initialised from the image row).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class ViLT(nn.Module):
         text_norm_eps: float = 1e-12,
         num_answers: int = 0,
         rank_head: bool = False,
+        nlvr2_head: bool = False,
     ) -> None:
         super().__init__()
         dim, depth, num_heads = vit_dims(variant, "ViLT", embed_dim, depth, num_heads)
@@ -115,7 +118,7 @@ class ViLT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        self.modality_embed = nn.Embedding(2, dim)  # 0 text, 1 image
+        self.modality_embed = nn.Embedding(2, dim)  # 0 text, 1 image (2: the second image of a pair, NLVR2)
         self.blocks = build_blocks(
             dim,
             depth,
@@ -133,6 +136,7 @@ class ViLT(nn.Module):
         self.mlm_head = MLMHead(dim, vocab_size, text_norm_eps)
         self.vqa_head: nn.Module | None = None
         self.rank_head: nn.Linear | None = None
+        self.nlvr2_head: nn.Module | None = None
 
         self.apply(init_weights)
         for emb in (self.text_embed.word_embed, self.text_embed.pos_embed, self.text_embed.type_embed):
@@ -144,6 +148,8 @@ class ViLT(nn.Module):
             self.reset_vqa_head(num_answers)
         if rank_head:
             self.add_rank_head()
+        if nlvr2_head:
+            self.add_nlvr2_head()
 
     @property
     def vocab_size(self) -> int:
@@ -176,6 +182,26 @@ class ViLT(nn.Module):
         with torch.no_grad():
             self.rank_head.weight.copy_(self.itm_head.weight[1:])
             self.rank_head.bias.copy_(self.itm_head.bias[1:])
+
+    def add_nlvr2_head(self) -> None:
+        """NLVR2's "pair" head Linear(2D, 2D) - LayerNorm - GELU - Linear(2D, 2) on the two images' pooled outputs, and
+        a third modality-type row for the second image, a copy of the image row (the official fine-tuning init)."""
+        d = self.embed_dim
+        self.nlvr2_head = nn.Sequential(nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, 2))
+        self.nlvr2_head.apply(init_weights)
+        self.nlvr2_head.to(self.pos_embed.device)
+        self.extend_modality_types(3)
+
+    def extend_modality_types(self, rows: int) -> None:
+        """Grow the modality-type table to `rows`, the new rows copies of the image row (1); kept rows unchanged."""
+        old = self.modality_embed.weight
+        if rows <= old.shape[0]:
+            return
+        table = nn.Embedding(rows, self.embed_dim).to(old.device, old.dtype)
+        with torch.no_grad():
+            table.weight[: old.shape[0]] = old
+            table.weight[old.shape[0] :] = old[1]
+        self.modality_embed = table
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
@@ -233,6 +259,7 @@ class ViLT(nn.Module):
         image: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         sample_patches: bool | None = None,
+        image_type: int = 1,
     ) -> dict[str, torch.Tensor]:
         """Features of (text, image) pairs.
 
@@ -242,6 +269,7 @@ class ViLT(nn.Module):
             image: (B, C, H, W) images padded to a common size (H, W multiples of the patch size).
             pixel_mask: (B, H, W) 1 on real pixels, 0 on padding (default: all real).
             sample_patches: sample at most max_image_len patches (default: in training mode).
+            image_type: modality-type row of the image tokens (1; NLVR2's second image 2).
 
         Returns:
             text_feats (B, L, D), image_feats (B, 1 + P, D), text_mask, image_mask (B, 1 + P), pooled (B, D),
@@ -257,7 +285,7 @@ class ViLT(nn.Module):
         sample = self.training if sample_patches is None else sample_patches
         text = self.text_embed(text_ids) + self.modality_embed.weight[0]
         img, img_mask, index = self.embed_image(image, pixel_mask, sample)
-        img = img + self.modality_embed.weight[1]
+        img = img + self.modality_embed.weight[image_type]
         x = torch.cat([text, img], dim=1)
         mask = torch.cat([text_mask.bool(), img_mask], dim=1)
         attn_bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
@@ -285,6 +313,13 @@ class ViLT(nn.Module):
         if self.vqa_head is None:
             raise ConfigError("the model has no VQA head; set num_answers or use the ViltVQA module")
         return self.vqa_head(out["pooled"])
+
+    def nlvr2_logits(self, left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 2) false / true logits from the outputs of the statement with the left (type 1) and the right (type 2)
+        image."""
+        if self.nlvr2_head is None:
+            raise ConfigError("the model has no NLVR2 head; set nlvr2_head: true or use the ViltNLVR2 module")
+        return self.nlvr2_head(torch.cat([left["pooled"], right["pooled"]], dim=-1))
 
     def rank_scores(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.rank_head is None:

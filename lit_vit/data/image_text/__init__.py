@@ -8,13 +8,15 @@ can follow the model's vocabulary (a pre-trained or resumed model) after the dat
 
 Modules: ``transform`` (augmentation and the ViLT resize), ``sources`` (image files, what a split holds), ``scenes``
 (generated scenes and their DataModule), ``datasets``, ``collate``, ``datamodule`` (the shared DataModule, VQA
-scores) and ``coco`` (COCO captions, the Karpathy split, VQAv2).
+scores), ``coco`` (COCO captions, the Karpathy split, VQAv2) and ``nlvr2`` (NLVR2 and the embedded pair task: two
+images and a statement).
 """
 
 from lit_vit.data.image_text.coco import CocoCaptionsDataModule, KarpathyDataModule, VQAv2DataModule
 from lit_vit.data.image_text.collate import ImageTextCollate
 from lit_vit.data.image_text.datamodule import EVAL_PROTOCOLS, ImageTextDataModule, normalize_answer, vqa_score
 from lit_vit.data.image_text.datasets import PairDataset, RetrievalGridDataset
+from lit_vit.data.image_text.nlvr2 import NLVR2DataModule, PairStatementDataModule, SceneNLVR2DataModule
 from lit_vit.data.image_text.scenes import SceneDataModule, Scenes
 from lit_vit.data.image_text.sources import ImageFiles, ImageSource, Question, SplitRecords
 from lit_vit.data.image_text.transform import AUGMENT_KINDS, ImageTextTransform, vilt_resize_shape
@@ -29,10 +31,13 @@ __all__ = [
     "ImageTextDataModule",
     "ImageTextTransform",
     "KarpathyDataModule",
+    "NLVR2DataModule",
     "PairDataset",
+    "PairStatementDataModule",
     "Question",
     "RetrievalGridDataset",
     "SceneDataModule",
+    "SceneNLVR2DataModule",
     "Scenes",
     "SplitRecords",
     "VQAv2DataModule",

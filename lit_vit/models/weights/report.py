@@ -19,6 +19,8 @@ class LoadReport:
         missing: the model's keys the checkpoint has no tensor for (left as initialised: heads it lacks).
         unexpected: the checkpoint's keys not loaded besides the skipped head (a strict load has none).
         source: the file read, or "a state dict".
+        extended: tensors the checkpoint holds in a smaller size, grown as the reference fine-tuning does (ViLT's
+            modality-type table 2 -> 3 rows for NLVR2), one description each.
     """
 
     family: str
@@ -29,6 +31,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     source: str = ""
+    extended: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the log, e.g. "loaded 150 tensors of a timm vit from x.pth; position embedding resampled
@@ -37,6 +40,8 @@ class LoadReport:
         if self.resampled is not None:
             (a, b), (c, d) = self.resampled
             parts.append(f"position embedding resampled {a}x{b} -> {c}x{d}")
+        if self.extended:
+            parts.append(f"extended: {', '.join(self.extended)}")
         if self.missing:
             more = f", ... ({len(self.missing)} in all)" if len(self.missing) > 6 else ""
             parts.append(f"left as initialised: {', '.join(self.missing[:6])}{more}")

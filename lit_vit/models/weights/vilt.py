@@ -1,6 +1,8 @@
 """ViLT checkpoints (the original dandelin/ViLT code, HuggingFace transformers' Vilt*, lit_vit) -> lit_vit ViLT,
 and back to the original layout."""
 
+from dataclasses import replace
+
 import torch
 
 from lit_vit.errors import ConfigError
@@ -21,6 +23,7 @@ _HEADS = {
     "mlm_head.norm.": "mlm_score.transform.LayerNorm.",
     "vqa_head.": "vqa_classifier.",
     "rank_head.": "rank_output.",
+    "nlvr2_head.": "nlvr2_classifier.",
 }
 # Buffers / tied copies a foreign file may hold that carry no information of their own.
 _IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "mlm_score.decoder.weight")
@@ -116,6 +119,11 @@ def convert_hf_vilt(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             unknown.append(key)
     for (i, kind), parts in qkv.items():
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    # transformers names both the VQA classifier and ViltForImagesAndTextClassification's (NLVR2) pair head
+    # `classifier`: the pair head's first layer reads the two images' pooled outputs, (2D, 2D) instead of (2D, D)
+    first = out.get("vqa_head.0.weight")
+    if first is not None and first.shape[0] == first.shape[1]:
+        out = {("nlvr2_head." + k[len("vqa_head.") :] if k.startswith("vqa_head.") else k): v for k, v in out.items()}
     for bias in ("mlm_score.bias", "mlm_score.decoder.bias"):
         if bias in sd:
             out["mlm_head.bias"] = sd[bias]
@@ -142,7 +150,19 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     )
 
 
-HEADS = ("itm_head.", "mlm_head.", "vqa_head.", "rank_head.")
+HEADS = ("itm_head.", "mlm_head.", "vqa_head.", "rank_head.", "nlvr2_head.")
+
+
+def extend_modality_table(model: ViLT, sd: dict[str, torch.Tensor]) -> list[str]:
+    """A checkpoint's 2-row modality-type table (text, image) into a model with a third row (NLVR2's second image):
+    the new row starts as a copy of the image row, as the official NLVR2 fine-tuning does. Returns what was extended,
+    for the LoadReport."""
+    key = "modality_embed.weight"
+    theirs, rows = sd.get(key), model.modality_embed.num_embeddings
+    if theirs is None or theirs.shape[0] >= rows or theirs.shape[0] != 2:
+        return []
+    sd[key] = torch.cat([theirs, theirs[1:2].expand(rows - 2, -1)])
+    return [f"{key}: 2 -> {rows} rows (row 2, the second image's, copied from row 1, the image's)"]
 
 
 def load_vilt(model: ViLT, sd: dict[str, torch.Tensor], source: str, load_head: bool = True) -> LoadReport:
@@ -169,6 +189,7 @@ def load_vilt(model: ViLT, sd: dict[str, torch.Tensor], source: str, load_head: 
         table = vilt_pos_table(old[:, 1:].float(), (g, g), model.grid).flatten(1).t()[None]
         sd["pos_embed"] = torch.cat([old[:, :1].float(), table], dim=1).to(old.dtype)
         resampled = ((g, g), tuple(model.grid))
+    extended = extend_modality_table(model, sd)
     width = sd["cls_token"].shape[-1] if "cls_token" in sd else None
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     theirs = f"embed_dim {width}, depth {depth}" if width is not None else f"depth {depth}"
@@ -182,9 +203,9 @@ def load_vilt(model: ViLT, sd: dict[str, torch.Tensor], source: str, load_head: 
         load_optional=load_head,
         skip_mismatched=False,
     )
-    return report("vilt", layout, own, sd, skipped, resampled, source)
+    return replace(report("vilt", layout, own, sd, skipped, resampled, source), extended=extended)
 
 
 def heads_not_loaded(report: LoadReport) -> list[str]:
-    """The ViLT heads (itm_head, mlm_head, vqa_head, rank_head) a load left as initialised."""
+    """The ViLT heads (itm_head, mlm_head, vqa_head, rank_head, nlvr2_head) a load left as initialised."""
     return sorted({k.split(".")[0] for k in report.missing + report.skipped_head if k.startswith(HEADS)})
