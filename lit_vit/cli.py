@@ -307,6 +307,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "sweep": "lit_vit.ablation.sweep:main",
     "bench": "lit_vit.bench:main",
     "plot": "lit_vit.ablation.plots:main",
+    "shards": "lit_vit.data.image_text.shards:main",
 }
 # `python -m lit_vit --help` lists them below fit / validate / test / predict, in the same layout
 EXTRA_COMMANDS_HELP = """\
@@ -318,6 +319,8 @@ EXTRA_COMMANDS_HELP = """\
                         timm's ViT (FLOPs, MFU), and the data loader.
     plot                Redraw an ablation sweep's results.csv and plots from
                         its saved runs, without training.
+    shards              Write image-text pairs (a CSV, JSONL or folder) as tar
+                        shards for lit_vit.data.PairsDataModule.
 """
 
 

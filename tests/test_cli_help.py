@@ -32,7 +32,7 @@ def test_top_level_help_lists_the_lightning_and_the_extra_subcommands():
     for name in ("fit", "validate", "test", "predict", *EXTRA_COMMANDS):
         assert name in listed and len(listed[name].split()) > 2, name
     assert "against" in listed["bench"] and "timm" in text and "sweep" in listed["plot"]
-    assert list(EXTRA_COMMANDS) == ["sweep", "bench", "plot"]
+    assert list(EXTRA_COMMANDS) == ["sweep", "bench", "plot", "shards"]
 
 
 @pytest.mark.slow
@@ -42,8 +42,13 @@ def test_lightning_subcommand_usage_names_python_m_lit_vit():
 
 @pytest.mark.parametrize(
     "argv",
-    [["bench", "--help"], ["plot", "--help"], ["bench", "--backbone.help", "lit_vit.models.VisionTransformer"]],
-    ids=["bench", "plot", "bench-backbone-help"],
+    [
+        ["bench", "--help"],
+        ["plot", "--help"],
+        ["shards", "--help"],
+        ["bench", "--backbone.help", "lit_vit.models.VisionTransformer"],
+    ],
+    ids=["bench", "plot", "shards", "bench-backbone-help"],
 )
 def test_extra_subcommand_usage_names_python_m_lit_vit(argv, capsys):
     # their parsers name their prog themselves (no sys.argv[0] involved), so this runs in-process
