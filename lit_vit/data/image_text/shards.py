@@ -124,6 +124,13 @@ def index_shard(path: str | Path) -> tuple[list[ShardSample], int]:
                     images[key] = (member.offset_data, member.size)
                 elif ext in TEXT_EXTS:
                     texts[key] = _captions(ext, tar.extractfile(member).read(), f"{path}:{member.name}")
+            # tarfile ends quietly at a cut or damaged header: a complete tar has its zero end block right there
+            end = tar.offset
+        with open(path, "rb") as f:
+            f.seek(end)
+            block = f.read(tarfile.BLOCKSIZE)
+        if len(block) < tarfile.BLOCKSIZE or any(block):
+            raise BadShardError(f"shard {path} is truncated or damaged at byte {end} (no end-of-archive block there)")
     except tarfile.ReadError as err:
         raise BadShardError(f"shard {path} is not an uncompressed tar file ({err})") from err
     except (UnicodeDecodeError, EOFError) as err:
