@@ -4,21 +4,68 @@ Every module exposes `num_classes`, `class_names`, `in_chans` and `img_size`; th
 a config never states the number of classes twice.
 """
 
+import json
+import math
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from lit_vit.data.augment import AugmentPolicy, as_policy, build_train_transform
-from lit_vit.data.datasets import ArrayDataset, ClassificationDataset, FileDataset, list_images, load_pickle_batch
+from lit_vit.data.batch_augment import (
+    AUGMENT_ON,
+    DEVICE_CACHE,
+    BatchAugment,
+    TensorSplit,
+    on_canvas,
+    resolve_device,
+    to_tensor,
+)
+from lit_vit.data.datasets import (
+    ArrayDataset,
+    ClassificationDataset,
+    FileDataset,
+    list_images,
+    load_pickle_batch,
+    read_image,
+)
 from lit_vit.data.sampling import ResumableDataModule
-from lit_vit.data.transforms import eval_transform, train_transform
-from lit_vit.errors import ConfigError
+from lit_vit.data.transforms import eval_transform, resize_transform, train_transform
+from lit_vit.errors import BadImageError, ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZE_KINDS = ("imagenet", "dataset")
+NORMALIZE_SAMPLE = 2000  # normalize dataset: the most training images the statistics are computed from
+NORMALIZE_FILE = "normalize.json"  # normalize dataset: the statistics, in the run folder
+CACHE_KINDS = ("off", "memory")
+
+
+def check_normalize(value, channels: int, mean_or_std_given: bool) -> str | list[float] | None:
+    """The ImageFolder `normalize` option, checked: imagenet, dataset, 2 x channels numbers, or None."""
+    fix = "set --data.init_args.normalize"
+    if value is not None and mean_or_std_given:
+        raise ConfigError(f"normalize {value!r} and mean / std both given; give one ({fix}, or drop mean / std)")
+    if value is None or value == "dataset":
+        return value
+    if value == "imagenet":
+        if channels != 3:
+            raise ConfigError(f"normalize imagenet has 3 channels but channels is {channels}; {fix} dataset or [m, s]")
+        return value
+    if isinstance(value, str):
+        raise ConfigError(f"normalize is {value!r} but must be imagenet, dataset or [mean..., std...]; {fix}")
+    values = list(value)
+    if len(values) != 2 * channels or not all(0 <= v <= 1 for v in values) or not all(v > 0 for v in values[channels:]):
+        raise ConfigError(
+            f"normalize {values} must be {2 * channels} numbers in [0, 1] for {channels} channel(s): the means, then "
+            f"the stds (> 0); {fix}"
+        )
+    return values
 
 
 class ImageDataModule(ResumableDataModule):
@@ -48,6 +95,13 @@ class ImageDataModule(ResumableDataModule):
         predict_path: image file(s) or folder(s) for `predict`.
         augment_policy: per-image training augmentation after the crop and flip (RandAugment / TrivialAugmentWide /
             AutoAugment, colour jitter, random erasing; see lit_vit.data.augment.AugmentPolicy), or null (none).
+        augment_on: where training images are augmented: auto, batch (whole batches with tensor ops, from one uint8
+            tensor per split: in-memory data only, no augment_policy; DataLoader workers unused) or sample (per
+            image with albumentations in DataLoader workers). auto: batch when the data is in memory (digits, CIFAR,
+            ImageFolder with cache memory) and no augment_policy is on, else sample; the choice is printed once.
+        device_cache: on the batch path, where the splits' uint8 tensors live: auto (on the training GPU when they
+            take at most a quarter of its free memory, else host memory), device (on the training device; an error
+            when they do not fit) or cpu (host memory, batches copied to the device).
     """
 
     default_mean: tuple[float, ...] = IMAGENET_MEAN
@@ -72,6 +126,8 @@ class ImageDataModule(ResumableDataModule):
         seed: int = 0,
         predict_path: str | list[str] | None = None,
         augment_policy: AugmentPolicy | None = None,
+        augment_on: str = "auto",
+        device_cache: str = "auto",
     ) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
         self.root = Path(root)
@@ -86,7 +142,24 @@ class ImageDataModule(ResumableDataModule):
         self.predict_path = predict_path
         self.augment_policy = as_policy(augment_policy)  # a dict when read back from a checkpoint's hyperparameters
         train_transform(self.img_size, (0.5,), (0.5,), augment)  # validates `augment` before anything is read
+        for name, value, allowed in (
+            ("augment_on", augment_on, AUGMENT_ON),
+            ("device_cache", device_cache, DEVICE_CACHE),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"{name} is {value!r} but must be one of {', '.join(allowed)}; set --data.init_args.{name}"
+                )
+        self.augment_on, self.device_cache = augment_on, device_cache
+        if augment_on == "batch" and self.augment_policy is not None and self.augment_policy.active:
+            raise ConfigError(
+                f"augment_on batch cannot apply augment_policy (auto_augment {self.augment_policy.auto_augment!r}, "
+                "colour jitter, erasing: per image); set --data.init_args.augment_on sample (or auto), or "
+                "--data.init_args.augment_policy null"
+            )
         self.datasets: dict[str, ClassificationDataset] = {}
+        self.tensor_splits: dict[str, TensorSplit] = {}
+        self._announced = False
 
     # --- what subclasses provide ---------------------------------------------------------------------------------
     @property
@@ -105,6 +178,26 @@ class ImageDataModule(ResumableDataModule):
         """The dataset of one split ('train', 'val' or 'test') with the given transform."""
         raise NotImplementedError
 
+    @property
+    def in_memory(self) -> bool:
+        """The splits are held decoded in memory (ArrayDataset), so the batch path can serve them."""
+        return True
+
+    # --- where training images are augmented -----------------------------------------------------------------------
+    def augment_path(self) -> tuple[str, str]:
+        """('batch' or 'sample', why): augment_on, or for auto the data (in memory?) and the policy (per image?)."""
+        if self.augment_on != "auto":
+            return self.augment_on, "augment_on " + self.augment_on
+        if self.augment_policy is not None and self.augment_policy.active:
+            return "sample", "augment_on auto: augment_policy works per image"
+        if not self.in_memory:
+            return "sample", "augment_on auto: images are read from files (ImageFolder cache off)"
+        return "batch", "augment_on auto: the data is in memory"
+
+    @property
+    def batched(self) -> bool:
+        return self.augment_path()[0] == "batch"
+
     # --- shared machinery ----------------------------------------------------------------------------------------
     def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return tuple(self.mean or self.default_mean), tuple(self.std or self.default_std)
@@ -121,9 +214,67 @@ class ImageDataModule(ResumableDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
         for split in splits:
             if split not in self.datasets:
-                self.datasets[split] = self.build_split(split, self.transforms(train=split == "train"))
+                transform = self.transforms(train=split == "train") if self.norm_ready() else None
+                self.datasets[split] = self.build_split(split, transform)
         if stage == "predict":
             self.datasets["predict"] = self.predict_dataset()
+
+    def norm_ready(self) -> bool:
+        """The normalisation is known without reading data (else the transforms are made when a loader is: after a
+        checkpoint's DataModule state, which may hold it, is restored)."""
+        return True
+
+    def _dataset(self, split: str) -> ClassificationDataset:
+        dataset = self.datasets[split]
+        if dataset.transform is None:
+            dataset.transform = self.transforms(train=split == "train")
+        return dataset
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def tensor_split(self, split: str) -> TensorSplit:
+        """The split as one uint8 tensor for the batch path: training images at the size the crop reads (pre-resized
+        and padded for pad_crop / none, as stored for rrc), evaluation images after the evaluation geometry."""
+        if split not in self.tensor_splits:
+            dataset = self._dataset(split)
+            images, sizes, augment = dataset.images, None, None
+            h, w = self.img_size
+            if split == "train":
+                augment = BatchAugment(self.augment, self.img_size, self.pad, self.hflip, self.rrc_scale)
+                if self.augment == "rrc":
+                    same = len({im.shape for im in images}) == 1
+                    stored, sizes = (to_tensor(images), None) if same else on_canvas(images)
+                else:
+                    pad = self.pad if self.augment == "pad_crop" else 0
+                    resize = resize_transform(self.img_size)
+                    resized = [im if im.shape[:2] == (h, w) else resize(image=im)["image"] for im in images]
+                    resized = [im[..., None] if im.ndim == 2 else im for im in resized]
+                    stored = F.pad(to_tensor(resized), (pad, pad, pad, pad))  # zeros, as albumentations pads
+            else:
+                geometry = eval_transform(self.img_size, (0.5,), (0.5,), self.crop_pct, normalize=False)
+                out = [geometry(image=im)["image"] for im in images]
+                stored = to_tensor([im[..., None] if im.ndim == 2 else im for im in out])
+            device = resolve_device(self.device_cache, self._device(), stored.numel())
+            mean, std = self.norm_stats()
+            split_tensor = TensorSplit(stored.to(device), dataset.targets, mean, std, augment, sizes)
+            self.tensor_splits[split] = split_tensor
+        return self.tensor_splits[split]
+
+    def _announce(self) -> None:
+        """One line, once: which augmentation path the training loader takes, and why."""
+        if self._announced or (self.trainer is not None and not self.trainer.is_global_zero):
+            return
+        self._announced = True
+        path, why = self.augment_path()
+        if path == "batch":
+            split = self.tensor_splits["train"]
+            where = f"{split.nbytes / 2**20:.1f} MiB uint8 tensor on {split.images.device}"
+            line = f"data: batch augmentation ({self.augment}, hflip {self.hflip}; {where}; {why})"
+        else:
+            line = f"data: per-sample augmentation (albumentations, {self.num_workers} DataLoader workers; {why})"
+        print(line, file=sys.stderr)
 
     def predict_dataset(self) -> FileDataset:
         if not self.predict_path:
@@ -135,7 +286,8 @@ class ImageDataModule(ResumableDataModule):
                 f"predict_path {missing or self.predict_path} holds no images; "
                 "give existing image files or folders (jpg, png, ...)"
             )
-        return FileDataset(paths, range(len(paths)), self.transforms(train=False), self.in_chans, on_bad_image="report")
+        transform = self.transforms(train=False) if self.norm_ready() else None
+        return FileDataset(paths, range(len(paths)), transform, self.in_chans, on_bad_image="report")
 
     @property
     def predict_paths(self) -> list[str]:
@@ -148,17 +300,33 @@ class ImageDataModule(ResumableDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
+    def _batch_loader_kwargs(self, split: TensorSplit) -> dict:
+        pin = self.pin_memory and torch.cuda.is_available() and split.images.device.type == "cpu"
+        return dict(num_workers=0, pin_memory=pin)
+
     def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.datasets["train"], **self._loader_kwargs())
+        if self.batched:
+            split = self.tensor_split("train")
+            loader = self.train_loader(split, batched=True, **self._batch_loader_kwargs(split))
+        else:
+            loader = self.train_loader(self._dataset("train"), **self._loader_kwargs())
+        self._announce()
+        return loader
+
+    def _eval_dataloader(self, name: str) -> DataLoader:
+        if self.batched:
+            split = self.tensor_split(name)
+            return self.eval_loader(split, batched=True, **self._batch_loader_kwargs(split))
+        return self.eval_loader(self._dataset(name), **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["val"], **self._loader_kwargs())
+        return self._eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["test"], **self._loader_kwargs())
+        return self._eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["predict"], **self._loader_kwargs())
+        return self.eval_loader(self._dataset("predict"), **self._loader_kwargs())
 
 
 class DigitsDataModule(ImageDataModule):
@@ -355,6 +523,15 @@ class ImageFolderDataModule(ImageDataModule):
         channels: 3 (RGB) or 1 (grey).
         on_bad_image: an image file that cannot be decoded: error (stop with a message naming it; a fit saves
             last.ckpt first) or skip (opt-in: warn once per file with a running count and train on without it).
+        normalize: per-channel normalisation: imagenet (ImageNet's mean / std, RGB only), dataset (computed from at
+            most 2,000 training images when first needed, written to the run folder as normalize.json and stored in
+            the checkpoint: validate / test / predict from it use the same values, whatever the folder holds then),
+            [mean..., std...] (2 x channels numbers in [0, 1]), or null (mean / std if given, else imagenet for RGB
+            and 0.5 / 0.5 for grey).
+        cache: off (decode the files on demand, in DataLoader workers) or memory (decode every split once at setup
+            and keep it in memory; small trees: then augment_on auto augments whole batches, see augment_on).
+        cache_max_gb: the most memory cache memory may take for the decoded images of all splits, in GB (2**30
+            bytes); a larger tree stops at setup with an error naming this option.
     """
 
     def __init__(
@@ -365,19 +542,120 @@ class ImageFolderDataModule(ImageDataModule):
         test_dir: str = "test",
         channels: int = 3,
         on_bad_image: str = "error",
+        normalize: str | list[float] | None = None,
+        cache: str = "off",
+        cache_max_gb: float = 4.0,
         **kwargs,
     ) -> None:
+        if cache not in CACHE_KINDS:
+            raise ConfigError(
+                f"cache is {cache!r} but must be one of {', '.join(CACHE_KINDS)}; set --data.init_args.cache"
+            )
+        if not cache_max_gb > 0:
+            raise ConfigError(f"cache_max_gb must be > 0 (GB), got {cache_max_gb}; set --data.init_args.cache_max_gb")
+        self.cache, self.cache_max_gb = cache, cache_max_gb  # read by in_memory, which the base constructor may ask
         super().__init__(root=root, **kwargs)
         if channels not in (1, 3):
             raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         if on_bad_image not in ("error", "skip"):
             raise ConfigError(f"on_bad_image must be error or skip, got {on_bad_image!r}")
+        if self.augment_on == "batch" and cache != "memory":
+            raise ConfigError(
+                "augment_on batch needs the images in memory; set --data.init_args.cache memory (small trees), or "
+                "--data.init_args.augment_on sample (or auto)"
+            )
         self.on_bad_image = on_bad_image
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels = channels
         if channels == 1 and self.mean is None:
             self.default_mean, self.default_std = (0.5,), (0.5,)
+        self.normalize = check_normalize(normalize, channels, self.mean is not None or self.std is not None)
+        self.dataset_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+        self._stats_images = 0
+        self._cached_bytes = 0
         self._class_names: list[str] | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.cache == "memory"
+
+    # --- normalisation -----------------------------------------------------------------------------------------
+    def norm_ready(self) -> bool:
+        return self.normalize != "dataset" or self.dataset_stats is not None
+
+    def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.normalize is None:
+            return super().norm_stats()
+        if self.normalize == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        if self.normalize == "dataset":
+            if self.dataset_stats is None:
+                self.dataset_stats = self._stats_from_run_folder() or self.compute_dataset_stats()
+                self._write_run_folder_stats()
+            return self.dataset_stats
+        values, c = [float(v) for v in self.normalize], self.channels
+        return tuple(values[:c]), tuple(values[c:])
+
+    def _stats_file(self) -> Path | None:
+        trainer = self.trainer
+        return Path(trainer.default_root_dir) / NORMALIZE_FILE if trainer is not None else None
+
+    def _stats_from_run_folder(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        path = self._stats_file()
+        if path is None or not path.is_file() or self.trainer.state.fn != "fit":  # only this run's own file
+            return None
+        saved = json.loads(path.read_text())
+        return tuple(saved["mean"]), tuple(saved["std"])
+
+    def _write_run_folder_stats(self) -> None:
+        path = self._stats_file()
+        trainer = self.trainer
+        if path is None or trainer.state.fn != "fit" or not trainer.is_global_zero or path.is_file():
+            return
+        mean, std = self.dataset_stats
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"mean": list(mean), "std": list(std), "images": self._stats_images, "root": str(self.root)}
+        path.write_text(json.dumps(record, indent=1) + "\n")
+
+    def compute_dataset_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the pixels (in [0, 1]) of the training images, over at most
+        NORMALIZE_SAMPLE of them (a fixed, seeded choice); every pixel counts once."""
+        paths = self._split_files("train")[0]
+        chosen = range(len(paths))
+        if len(paths) > NORMALIZE_SAMPLE:
+            chosen = np.sort(np.random.default_rng(0).choice(len(paths), NORMALIZE_SAMPLE, replace=False))
+        train = self.datasets.get("train")
+        cached = train.images if isinstance(train, ArrayDataset) and len(train.images) == len(paths) else None
+        total = np.zeros(self.channels)
+        squares = np.zeros(self.channels)
+        count = 0
+        for i in chosen:
+            image = cached[i] if cached is not None else read_image(paths[i], self.channels)
+            pixels = image.reshape(-1, self.channels).astype(np.float64) / 255.0
+            total += pixels.sum(axis=0)
+            squares += (pixels**2).sum(axis=0)
+            count += len(pixels)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        self._stats_images = len(chosen)
+        return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.normalize == "dataset" and self.dataset_stats is not None:
+            state["normalize"] = {"mean": list(self.dataset_stats[0]), "std": list(self.dataset_stats[1])}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        saved = state.pop("normalize", None)
+        if saved is not None and self.normalize == "dataset":
+            # the checkpoint's statistics win over the folder's: the weights were trained with them
+            self.dataset_stats = (tuple(saved["mean"]), tuple(saved["std"]))
+            self.tensor_splits.clear()
+            for split, dataset in self.datasets.items():
+                dataset.transform = self.transforms(train=split == "train")
+        super().load_state_dict(state)
 
     def _split_dir(self, split: str) -> Path:
         path = self.root / self.dirs[split]
@@ -403,7 +681,49 @@ class ImageFolderDataModule(ImageDataModule):
     def in_chans(self) -> int:
         return self.channels
 
-    def build_split(self, split: str, transform) -> FileDataset:
+    def build_split(self, split: str, transform) -> FileDataset | ArrayDataset:
+        paths, targets = self._split_files(split)
+        if self.cache == "memory":
+            return self._decode_split(split, paths, targets, transform)
+        return FileDataset(paths, targets, transform, self.channels, on_bad_image=self.on_bad_image)
+
+    def _decode_split(self, split: str, paths: list[str], targets: list[int], transform) -> ArrayDataset:
+        """cache memory: the split decoded once (HWC uint8 arrays), after checking the bound on the image headers."""
+        sizes = []
+        for path in paths:
+            try:
+                with Image.open(path) as img:
+                    sizes.append(img.size[0] * img.size[1] * self.channels)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                sizes.append(0)  # decoding reports it below, by on_bad_image
+        need, bound = self._cached_bytes + sum(sizes), self.cache_max_gb * 2**30
+        if need > bound:
+            raise ConfigError(
+                f"cache memory: the {split} split ({len(paths)} images under {self._split_dir(split)}) decodes to "
+                f"{sum(sizes) / 2**20:.1f} MiB, {need / 2**20:.1f} MiB with the splits cached before it, above "
+                f"cache_max_gb {self.cache_max_gb:g} ({bound / 2**20:.1f} MiB); set --data.init_args.cache_max_gb "
+                f"{math.ceil(need / 2**30 * 100) / 100:g} or more, or --data.init_args.cache off (files read on demand)"
+            )
+        images, kept_paths, kept_targets = [], [], []
+        for path, target in zip(paths, targets):
+            try:
+                images.append(read_image(path, self.channels))
+            except BadImageError as err:
+                if self.on_bad_image == "error":
+                    raise BadImageError.for_file(
+                        err.path, err.reason, "remove or replace the file, or set --data.init_args.on_bad_image skip"
+                    ) from err
+                print(f"warning: skipping unreadable image {err.path} (on_bad_image: skip)", file=sys.stderr)
+                continue
+            kept_paths.append(path)
+            kept_targets.append(target)
+        self._cached_bytes = need
+        dataset = ArrayDataset(images, kept_targets, transform)
+        dataset.paths = kept_paths
+        return dataset
+
+    def _split_files(self, split: str) -> tuple[list[str], list[int]]:
+        """The image files of a split and their class indices (class folders in sorted order)."""
         folder, index = self._split_dir(split), {c: i for i, c in enumerate(self.class_names)}
         unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in index)
         if unknown:
@@ -424,4 +744,4 @@ class ImageFolderDataModule(ImageDataModule):
             )
         if empty:
             rank_zero_warn(f"{split} split {folder} has no images for {len(empty)} class(es): {', '.join(empty[:5])}")
-        return FileDataset(paths, targets, transform, self.channels, on_bad_image=self.on_bad_image)
+        return paths, targets

@@ -5,6 +5,7 @@ The order of an epoch is a function of (seed, epoch) and every sample's augmenta
 mid-epoch sees the rest of the same epoch (`ResumableDataModule`).
 """
 
+import math
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +53,37 @@ class SeededSampler(DistributedSampler):
         if not self.with_seeds:
             return iter(indices)
         return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+
+
+def batch_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of one training batch: a function of (data seed, epoch, rank, position of the batch in the epoch)."""
+    return int(np.random.SeedSequence([seed, epoch, rank, position, 1]).generate_state(1)[0])
+
+
+class BatchSeededSampler(SeededSampler):
+    """SeededSampler's order and skip, yielding whole batches: (index tensor, batch seed) for training (`with_seeds`),
+    or index tensors (evaluation). With a `DataLoader(batch_size=None)` each item is one batch."""
+
+    def __init__(
+        self, dataset: Dataset, shuffle: bool, seed: int, batch_size: int, drop_incomplete: bool, with_seeds: bool
+    ) -> None:
+        super().__init__(dataset, shuffle=shuffle, seed=seed, with_seeds=with_seeds)
+        self.batch_size, self.drop_incomplete = batch_size, drop_incomplete
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_incomplete else math.ceil(n / b)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        indices = self.order()[skip:]
+        first = skip // self.batch_size  # resumed mid-epoch: the skipped samples were whole batches
+        for k, start in enumerate(range(0, len(indices), self.batch_size)):
+            chunk = indices[start : start + self.batch_size]
+            if len(chunk) < self.batch_size and self.drop_incomplete:
+                return
+            idx = torch.tensor(chunk, dtype=torch.long)
+            yield (idx, batch_seed(self.seed, self.epoch, self.rank, first + k)) if self.with_seeds else idx
 
 
 class ResumableDataLoader(DataLoader):
@@ -131,21 +163,35 @@ class ResumableDataModule(L.LightningDataModule):
         self._resume = state_dict if state_dict.get("batches_done", 0) > 0 else None
 
     def train_loader(
-        self, dataset: Dataset, sampler: SeededSampler | None = None, **loader_kwargs: Any
+        self, dataset: Dataset, sampler: SeededSampler | None = None, batched: bool = False, **loader_kwargs: Any
     ) -> "ResumableDataLoader":
         """The shuffled training loader (full batches only); the first one after a resume skips the trained part.
-        `sampler`: another order (a SeededSampler subclass, e.g. shard by shard), default every sample shuffled."""
+        `sampler`: another order (a SeededSampler subclass, e.g. shard by shard), default every sample shuffled.
+        `batched`: `dataset` is indexed by whole batches (lit_vit.data.batch_augment.TensorSplit), each with the seed
+        of its position in the epoch (BatchSeededSampler); the loader then runs in this process, without collation."""
+        if batched:
+            sampler = BatchSeededSampler(
+                dataset, shuffle=True, seed=self.seed, batch_size=self.batch_size, drop_incomplete=True, with_seeds=True
+            )
         sampler = SeededSampler(dataset, shuffle=True, seed=self.seed) if sampler is None else sampler
         resume, self._resume = self._resume, None
         if resume is not None:
             sampler.set_epoch(resume["epoch"])
             sampler.skip_once(resume["batches_done"] * self.batch_size)
+        if batched:
+            return ResumableDataLoader(dataset, batch_size=None, sampler=sampler, **_own_rng(self.seed, loader_kwargs))
         return ResumableDataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True, **_own_rng(self.seed, loader_kwargs)
         )
 
-    def eval_loader(self, dataset: Dataset, **loader_kwargs: Any) -> DataLoader:
-        """A loader in dataset order, sharded over processes, of `eval_batch_size`."""
+    def eval_loader(self, dataset: Dataset, batched: bool = False, **loader_kwargs: Any) -> DataLoader:
+        """A loader in dataset order, sharded over processes, of `eval_batch_size` (`batched`: as in train_loader)."""
+        if batched:
+            sampler: SeededSampler = BatchSeededSampler(
+                dataset, shuffle=False, seed=self.seed, batch_size=self.eval_batch_size, drop_incomplete=False,
+                with_seeds=False,
+            )  # fmt: skip
+            return DataLoader(dataset, batch_size=None, sampler=sampler, **_own_rng(self.seed, loader_kwargs))
         sampler = SeededSampler(dataset, shuffle=False, seed=self.seed, with_seeds=False)
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, sampler=sampler, **_own_rng(self.seed, loader_kwargs)

@@ -48,9 +48,15 @@ def train_transform(
 
 
 def eval_transform(
-    img_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...], crop_pct: float = 1.0
+    img_size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    crop_pct: float = 1.0,
+    normalize: bool = True,
 ) -> A.Compose:
-    """Evaluation pipeline: resize (shorter side to size / crop_pct, then centre crop when crop_pct < 1), normalise."""
+    """Evaluation pipeline: resize (shorter side to size / crop_pct, then centre crop when crop_pct < 1), normalise.
+
+    normalize=False stops after the geometry (HWC uint8 out): the batched path normalises whole batches."""
     h, w = img_size
     if crop_pct < 1.0:
         ops = [
@@ -59,4 +65,12 @@ def eval_transform(
         ]
     else:
         ops = [A.Resize(h, w, interpolation=cv2.INTER_CUBIC)]
-    return A.Compose([*ops, A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+    if normalize:
+        ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops)
+
+
+def resize_transform(img_size: tuple[int, int]) -> A.Compose:
+    """The deterministic first step of the pad_crop / none training pipelines (HWC uint8 in and out), which the
+    batched path applies once per image when it stores a split."""
+    return A.Compose([A.Resize(*img_size, interpolation=cv2.INTER_CUBIC)])
