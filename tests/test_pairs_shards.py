@@ -290,3 +290,22 @@ def test_missing_images_and_bad_tables_are_one_line_errors(tmp_path):
         datamodule([str(tmp_path / "q.csv")]).records("train")
     with pytest.raises(ConfigError, match=r"is not a .csv, .jsonl or .tar shard pattern"):
         datamodule([str(tmp_path / "p.parquet")]).records("train")
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------------
+def test_the_shards_recipe_pretrains_from_shards_written_by_the_tool(tmp_path, capsys):
+    for split, num in (("train", 64), ("val", 8)):
+        out = tmp_path / "scenes_shards" / split
+        main(["shards", "--input", f"scenes:{split}:{num}", "--output", str(out), "--shard_size", "8"])
+    run = tmp_path / "run"
+    main([
+        "fit", "--config=experiments/vilt_pretrain_shards_embedded.yaml", f"--data.init_args.root={tmp_path}",
+        f"--trainer.default_root_dir={run}", "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--model.model.init_args.embed_dim=32", "--model.model.init_args.depth=1",
+        "--model.model.init_args.num_heads=2", "--data.init_args.batch_size=32", "--data.init_args.num_workers=0",
+    ])  # fmt: skip
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4  # 8 shards x 8 scenes x 2 captions / 32
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert any(r.get("val/itm_acc") for r in rows) and any(r.get("train/wpa_loss_epoch") for r in rows)
