@@ -8,8 +8,9 @@ can follow the model's vocabulary (a pre-trained or resumed model) after the dat
 
 Modules: ``transform`` (augmentation and the ViLT resize), ``sources`` (image files, what a split holds), ``scenes``
 (generated scenes and their DataModule), ``datasets``, ``collate``, ``datamodule`` (the shared DataModule, VQA
-scores), ``coco`` (COCO captions, the Karpathy split, VQAv2) and ``nlvr2`` (NLVR2 and the embedded pair task: two
-images and a statement).
+scores), ``coco`` (COCO captions, the Karpathy split, VQAv2), ``nlvr2`` (NLVR2 and the embedded pair task: two
+images and a statement), ``shards`` (tar shards: reader, writer, `python -m lit_vit shards`) and ``pairs`` (pairs from
+CSV / JSONL / shards in a resumable shard-by-shard order).
 """
 
 from lit_vit.data.image_text.coco import CocoCaptionsDataModule, KarpathyDataModule, VQAv2DataModule
@@ -17,6 +18,7 @@ from lit_vit.data.image_text.collate import ImageTextCollate
 from lit_vit.data.image_text.datamodule import EVAL_PROTOCOLS, ImageTextDataModule, normalize_answer, vqa_score
 from lit_vit.data.image_text.datasets import PairDataset, RetrievalGridDataset
 from lit_vit.data.image_text.nlvr2 import NLVR2DataModule, PairStatementDataModule, SceneNLVR2DataModule
+from lit_vit.data.image_text.pairs import PairsDataModule, ShardSampler
 from lit_vit.data.image_text.scenes import SceneDataModule, Scenes
 from lit_vit.data.image_text.sources import ImageFiles, ImageSource, Question, SplitRecords
 from lit_vit.data.image_text.transform import AUGMENT_KINDS, ImageTextTransform, vilt_resize_shape
@@ -34,10 +36,12 @@ __all__ = [
     "NLVR2DataModule",
     "PairDataset",
     "PairStatementDataModule",
+    "PairsDataModule",
     "Question",
     "RetrievalGridDataset",
     "SceneDataModule",
     "SceneNLVR2DataModule",
+    "ShardSampler",
     "Scenes",
     "SplitRecords",
     "VQAv2DataModule",
