@@ -1,4 +1,4 @@
 from lit_vit.modules.classifier import ImageClassifier
-from lit_vit.modules.vilt import ViltPretraining, ViltRetrieval, ViltVQA
+from lit_vit.modules.vilt import ViltNLVR2, ViltPretraining, ViltRetrieval, ViltVQA
 
-__all__ = ["ImageClassifier", "ViltPretraining", "ViltRetrieval", "ViltVQA"]
+__all__ = ["ImageClassifier", "ViltNLVR2", "ViltPretraining", "ViltRetrieval", "ViltVQA"]

@@ -1,4 +1,4 @@
-"""ViLT LightningModules: pre-training (ITM + MLM + WPA), retrieval fine-tuning / evaluation, VQA fine-tuning.
+"""ViLT LightningModules: pre-training (ITM + MLM + WPA), retrieval fine-tuning / evaluation, VQA and NLVR2 fine-tuning.
 
 The vocabulary comes from the DataModule (a BERT vocab.txt or one trained on the captions) unless the model already
 has one (a pre-trained lit_vit checkpoint, a resumed run); it is saved in every checkpoint, with the VQA answers,
@@ -64,6 +64,7 @@ class ViltModule(L.LightningModule):
     monitor: tuple[str, str] = ("val/loss", "min")
     eval_protocol = "pairs"
     task_heads: tuple[str, ...] = ()
+    data_task = "captions or vqa"  # ViltNLVR2: "nlvr2" (two images and a statement per example)
 
     def __init__(
         self,
@@ -92,6 +93,11 @@ class ViltModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if not isinstance(dm, ImageTextDataModule):
             raise ConfigError("ViLT modules need an image-text DataModule (e.g. lit_vit.data.SceneDataModule)")
+        if (dm.task == "nlvr2") != (self.data_task == "nlvr2"):
+            raise ConfigError(
+                f"{type(self).__name__} needs {self.data_task} data, and {type(dm).__name__} holds {dm.task} examples; "
+                "use ViltNLVR2 with NLVR2 data (two images and a statement) and the other ViLT modules with the rest"
+            )
         dm.set_eval_protocol(self.eval_protocol)
         if dm.max_text_len > self.model.max_text_len:
             raise ConfigError(
@@ -387,6 +393,56 @@ class ViltVQA(ViltModule):
         metric.update(targets.gather(1, logits.argmax(1, keepdim=True))[:, 0])
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
         self.log(f"{stage}/vqa_score", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+
+class ViltNLVR2(ViltModule):
+    """NLVR2 (is the statement true of the two images?) with ViLT's "pair" method: the encoder reads the statement
+    with each image, the left image's tokens with modality type 1 and the right's with type 2 (a third row, started
+    from the image row); the two pooled outputs, concatenated, go to Linear(2D, 2D) - LayerNorm - GELU - Linear(2D, 2)
+    trained with cross-entropy. Metric: accuracy, `val/acc` (best).
+
+    Args:
+        model: the ViLT network (the module adds the NLVR2 head and the third modality row).
+        pretrained: weights to start from (a pre-training checkpoint: its 2-row modality table is extended).
+        **kwargs: the optimiser and schedule options of ViltModule (lr, weight_decay, betas, eps, warmup_ratio,
+            head_lr_mult: 1 in the official NLVR2 recipe).
+    """
+
+    monitor = ("val/acc", "max")
+    task_heads = ("nlvr2_head",)
+    data_task = "nlvr2"
+
+    def __init__(self, model: ViLT, pretrained: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model=model, pretrained=pretrained, **kwargs)
+        if self.model.nlvr2_head is None:
+            self.model.add_nlvr2_head()
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc", MeanMetric())
+
+    def pair_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 2) false / true logits: the encoder once per image, with the statement."""
+        ids, mask = batch["text_ids"], batch["text_mask"]
+        left = self.model(ids, mask, batch["image"], batch["pixel_mask"], image_type=1)
+        right = self.model(ids, mask, batch["image_right"], batch["pixel_mask_right"], image_type=2)
+        return self.model.nlvr2_logits(left, right).float()
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self.pair_logits(batch)
+        loss = F.cross_entropy(logits, batch["label"])
+        metric = getattr(self, f"{stage}_acc")
+        metric.update((logits.argmax(1) == batch["label"]).float())
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
