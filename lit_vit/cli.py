@@ -78,6 +78,22 @@ def check_training_length(trainer_cfg: Any) -> None:
         )
 
 
+def pretrained_to_evaluate(model_cfg: Any) -> str | None:
+    """The model's `pretrained` file when its class may be evaluated on those weights without a fine-tuned checkpoint
+    (`evaluates_pretrained`: the ViLT modules, which refuse a file without their task's trained heads), else None."""
+    if model_cfg is None or not model_cfg.get("class_path"):
+        return None
+    pretrained = (model_cfg.get("init_args") or {}).get("pretrained")
+    if not pretrained:
+        return None
+    module, _, name = str(model_cfg["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None  # the instantiation names the bad class path
+    return str(pretrained) if getattr(cls, "evaluates_pretrained", False) else None
+
+
 RESUME_HELP = (
     "Resuming with --ckpt_path last | best | <file.ckpt>: the model options (architecture, optimiser, schedule, "
     "loss) must equal the checkpoint's, or lit_vit stops and lists the differing keys; trainer options (max_epochs, "
@@ -164,6 +180,7 @@ class LitViTCLI(LightningCLI):
         else:
             self.command = list(sys.argv[1:] if args is None else args)
         self.keep_on_resume: dict[str, Any] = {}
+        self.evaluated_pretrained: str | None = None
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else None
         if cfg is None or "ckpt_path" not in cfg or cfg.get("ablation") is not None:
@@ -172,7 +189,8 @@ class LitViTCLI(LightningCLI):
             self._read_config_as_recipe(subcommand, cfg, sys.argv[1:] if args is None else list(args))
         if subcommand == "fit" and is_primary_process():
             hold_run_folder(self.run_dir)  # one writer per run folder, claimed before anything is written
-        cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir)
+        self.evaluated_pretrained = pretrained_to_evaluate(cfg.get("model"))
+        cfg.ckpt_path = resolve_ckpt_path(subcommand, cfg.ckpt_path, self.run_dir, self.evaluated_pretrained)
         if cfg.ckpt_path is None:
             return
         ckpt = read_checkpoint(Path(cfg.ckpt_path), self.run_dir)
@@ -294,7 +312,8 @@ class LitViTCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand != "fit" and trainer_cfg.get("logger") in (None, True):
             # evaluations never touch the training metrics.csv: one new folder per evaluation, beside it
-            name = new_evaluation_dir(root, self.subcommand, cfg.ckpt_path, is_primary_process(), self.command)
+            evaluated = cfg.ckpt_path or self.evaluated_pretrained  # None only for a zero-shot evaluation
+            name = new_evaluation_dir(root, self.subcommand, evaluated, is_primary_process(), self.command)
             kwargs["logger"] = RunLogger(str(root / "evaluations" / name))
         if self.subcommand == "predict":
             callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))

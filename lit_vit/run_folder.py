@@ -155,17 +155,30 @@ def _is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(p.name not in STARTUP_FILES for p in path.iterdir())
 
 
-def resolve_ckpt_path(subcommand: str, ckpt_path: str | None, run_dir: Path) -> str | None:
+def resolve_ckpt_path(
+    subcommand: str, ckpt_path: str | None, run_dir: Path, pretrained: str | None = None
+) -> str | None:
     """'last' / 'best' mean this run's checkpoints. A fit writes only into an empty folder or the run it resumes;
-    validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights."""
+    validate / test / predict without --ckpt_path evaluate this run's best.ckpt, never random weights: when there is
+    none, only a model that may evaluate its `pretrained` weights as they are (ViLT's zero-shot retrieval; the CLI
+    passes them only for such a model, which checks its task heads are in the file) runs, and says so."""
     primary = is_primary_process()
     own = run_dir / "checkpoints"
     if ckpt_path is None and subcommand != "fit":
+        if not (own / "best.ckpt").is_file() and pretrained is not None:
+            if primary:
+                print(
+                    f"{subcommand}: no --ckpt_path and no {own / 'best.ckpt'}: evaluating the pretrained weights "
+                    f"{pretrained} (model.init_args.pretrained) as they are, without fine-tuning",
+                    file=sys.stderr,
+                )
+            return None
         if not (own / "best.ckpt").is_file():
             raise ConfigError(
                 f"{subcommand} needs trained weights: no --ckpt_path given and {own / 'best.ckpt'} does not exist. "
                 f"Give --ckpt_path best | last | <file.ckpt> (and --config <run dir>/config.yaml), or check "
-                f"--trainer.default_root_dir (now {run_dir})"
+                f"--trainer.default_root_dir (now {run_dir}); a ViLT module also evaluates "
+                "--model.init_args.pretrained <weights> as they are (zero-shot)"
             )
         ckpt_path = "best"
         if primary:

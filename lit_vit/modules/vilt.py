@@ -65,6 +65,10 @@ class ViltModule(L.LightningModule):
     eval_protocol = "pairs"
     task_heads: tuple[str, ...] = ()
     data_task = "captions or vqa"  # ViltNLVR2: "nlvr2" (two images and a statement per example)
+    # validate / test / predict may run on `pretrained` alone, without a fine-tuned checkpoint (zero-shot), when the
+    # file holds trained `eval_heads` (the CLI allows it for classes that say so: lit_vit.cli.pretrained_to_evaluate)
+    evaluates_pretrained = True
+    eval_heads: tuple[str, ...] = ("itm_head", "mlm_head")
 
     def __init__(
         self,
@@ -116,11 +120,37 @@ class ViltModule(L.LightningModule):
         self.tokenizer = dm.tokenizer
         self.model.resize_vocab(len(self.vocab))
         self.setup_task(dm)
+        not_loaded = None
         if sd is not None:
             report = weights.load_pretrained(self.model, sd, source=str(self.hparams.pretrained))
             self._pretrained_loaded = True
             rank_zero_info(f"pretrained: {report.summary()}")
-            self.after_pretrained(weights.heads_not_loaded(report))
+            not_loaded = weights.heads_not_loaded(report)
+            self.after_pretrained(not_loaded)
+        if stage != "fit" and self.trainer.ckpt_path is None:
+            self.check_zero_shot(stage, not_loaded)
+
+    def check_zero_shot(self, stage: str, not_loaded: list[str] | None) -> None:
+        """validate / test / predict without a checkpoint evaluate the pretrained weights as they are: refuse when
+        there are none (random weights) or when they lack a head the task needs (it would be random)."""
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        if not_loaded is None:
+            raise ConfigError(
+                f"{stage} needs trained weights: give --ckpt_path <fine-tuned .ckpt> or --model.init_args.pretrained "
+                "<weights> (evaluated as they are); this model's weights are random"
+            )
+        untrained = self.untrained_heads(not_loaded)
+        if untrained:
+            raise ConfigError(
+                f"{stage} without --ckpt_path evaluates {self.hparams.pretrained} as it is, and it has no trained "
+                f"{', '.join(untrained)} ({type(self).__name__} needs {', '.join(self.eval_heads)}): fine-tune it "
+                "first (fit) and give that run's checkpoint with --ckpt_path"
+            )
+        rank_zero_info(f"{stage}: evaluating the pretrained weights {self.hparams.pretrained} (no fine-tuning)")
+
+    def untrained_heads(self, not_loaded: list[str]) -> list[str]:
+        """The heads the evaluation needs that the pretrained weights did not bring."""
+        return [h for h in self.eval_heads if h in not_loaded]
 
     def setup_task(self, dm) -> None:
         """Task-specific heads from the data (VQA answers)."""
@@ -272,6 +302,7 @@ class ViltRetrieval(ViltModule):
     monitor = ("val/r_mean", "max")
     eval_protocol = "retrieval"
     task_heads = ("rank_head",)
+    eval_heads = ("rank_head",)
 
     def __init__(
         self,
@@ -290,6 +321,10 @@ class ViltRetrieval(ViltModule):
     def after_pretrained(self, skipped_heads: list[str]) -> None:
         if "rank_head" in skipped_heads:
             self.model.add_rank_head()  # from the pre-trained ITM head
+
+    def untrained_heads(self, not_loaded: list[str]) -> list[str]:
+        # zero-shot retrieval ranks with the ITM head's "match" row (the rank head starts as that row)
+        return ["rank_head or itm_head"] if {"rank_head", "itm_head"} <= set(not_loaded) else []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         img_idx = batch["image_index"]
@@ -353,6 +388,7 @@ class ViltVQA(ViltModule):
 
     monitor = ("val/vqa_score", "max")
     task_heads = ("vqa_head",)
+    eval_heads = ("vqa_head",)
 
     def __init__(
         self,
@@ -420,6 +456,7 @@ class ViltNLVR2(ViltModule):
 
     monitor = ("val/acc", "max")
     task_heads = ("nlvr2_head",)
+    eval_heads = ("nlvr2_head",)
     data_task = "nlvr2"
 
     def __init__(self, model: ViLT, pretrained: str | None = None, **kwargs: Any) -> None:
