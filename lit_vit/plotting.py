@@ -133,3 +133,33 @@ def save_rollout_png(images: np.ndarray, rollout: np.ndarray, path: Path) -> Non
     axes[0, 0].set_ylabel("input", fontsize=8)
     axes[1, 0].set_ylabel("rollout", fontsize=8)
     save_figure(fig, path)
+
+
+def draw_patch_map(ax, image: np.ndarray, grid_map: np.ndarray, title: str = "") -> None:
+    """A (rows, cols) patch map over a CHW image (each patch one cell), scaled to its own range (min to max)."""
+    show_image(ax, image)
+    h, w = image.shape[-2:]
+    scaled = (grid_map - grid_map.min()) / max(float(grid_map.max() - grid_map.min()), 1e-12)
+    ax.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_title(title, fontsize=8)
+
+
+def save_alignment_png(
+    image: np.ndarray, words: list[str], plan: np.ndarray, attention: np.ndarray, path: Path
+) -> Path:
+    """ViLT's word-patch alignment (the paper's Figure 4): per word, its optimal-transport mass over the patches (top
+    row, with the word's total mass) and the last layer's attention from the word to the patches (bottom row), each
+    map scaled to its own range."""
+    import matplotlib.pyplot as plt
+
+    n = len(words)
+    fig, axes = plt.subplots(2, n + 1, figsize=(1.5 * (n + 1), 3.4), squeeze=False)
+    show_image(axes[0, 0], image)
+    fig.suptitle(" ".join(words), fontsize=9)
+    axes[1, 0].axis("off")
+    for i, word in enumerate(words):
+        draw_patch_map(axes[0, i + 1], image, plan[i], f"{word}\n{plan[i].sum():.3f}")
+        draw_patch_map(axes[1, i + 1], image, attention[i], word)
+    axes[0, 1].set_ylabel("transport plan", fontsize=8)
+    axes[1, 1].set_ylabel("attention (last layer)", fontsize=8)
+    return save_figure(fig, path)
