@@ -11,6 +11,23 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from lit_vit.errors import ConfigError  # noqa: E402
 
 AUGMENT_KINDS = ("rrc", "pad_crop", "none")
+GOLDEN = 0x9E3779B9  # spreads the per-transform seeds of one sample seed apart
+
+
+class SeededCompose(A.Compose):
+    """albumentations' Compose whose `set_random_seed` gives each transform a seed of its own.
+
+    Compose 2.0.8 seeds every transform with the same seed, so each transform's first draw is the same number: a
+    flip (p 0.5) came exactly when RandomCrop's vertical position was in its lower half, and RandomResizedCrop's area
+    decided the flip in the same way (tests/test_batch_augment.py measures the offsets and flips).
+    """
+
+    def set_random_seed(self, seed: int | None) -> None:
+        super().set_random_seed(seed)
+        if seed is None:
+            return
+        for i, transform in enumerate(self.transforms):
+            transform.set_random_seed((seed + GOLDEN * (i + 1)) % 2**32)
 
 
 def train_transform(
@@ -44,7 +61,7 @@ def train_transform(
         ops.append(A.HorizontalFlip(p=0.5))
     if normalize:
         ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(ops, seed=0)
+    return SeededCompose(ops, seed=0)
 
 
 def eval_transform(
