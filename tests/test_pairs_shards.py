@@ -107,33 +107,35 @@ class WhoReads(Dataset):
         return item[0], get_worker_info().id
 
 
-def read_epoch(sizes, epoch, rank, ranks=2, workers=2, batch=3, seed=0):
+def read_epochs(sizes, epochs, rank, ranks=2, workers=2, batch=3, seed=0):
+    """What each epoch's batches hold and which worker read each pair, through one DataLoader with persistent workers
+    (as lit_vit's loaders: the sampler, in the main process, is told each epoch; the workers are not restarted)."""
     sampler = ShardSampler(WhoReads(sum(sizes)), sizes, seed, batch, workers, num_replicas=ranks, rank=rank)
-    sampler.set_epoch(epoch)
-    loader = DataLoader(sampler.dataset, batch_size=batch, sampler=sampler, num_workers=workers)
-    return sampler, [(int(i), int(w)) for idx, wid in loader for i, w in zip(idx, wid)]
+    loader = DataLoader(sampler.dataset, batch, sampler=sampler, num_workers=workers, persistent_workers=True)
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        yield sampler, [(int(i), int(w)) for idx, wid in loader for i, w in zip(idx, wid)]
 
 
 def test_two_ranks_of_two_workers_read_disjoint_shards_and_every_pair_once_per_epoch():
     sizes = [6] * 8  # 8 shards; 4 (rank, worker) slots of 4 batches of 3
     unit = np.repeat(np.arange(8), 6)
-    for epoch in (0, 1):
-        seen, shards_of = [], {}
-        for rank in (0, 1):
-            sampler, read = read_epoch(sizes, epoch, rank)
+    seen = {0: [], 1: []}
+    shards_of: dict[int, dict] = {0: {}, 1: {}}
+    for rank in (0, 1):
+        for epoch, (sampler, read) in enumerate(read_epochs(sizes, (0, 1), rank)):
             assert len(read) == len(sampler) == 24
-            seen += [i for i, _ in read]
+            seen[epoch] += [i for i, _ in read]
             for worker in (0, 1):
                 mine = [i for i, w in read if w == worker]
                 # each worker reads exactly its slot's stretch, in order
                 assert mine == sampler.slot_indices(rank * 2 + worker).tolist()
-                shards_of[(rank, worker)] = set(unit[mine].tolist())
-        assert sorted(seen) == list(range(48))  # every pair exactly once
-        assert all(len(s) == 2 for s in shards_of.values())
-        assert set().union(*shards_of.values()) == set(range(8))  # 4 slots x 2 whole shards, disjoint
-        if epoch == 0:
-            first = shards_of
-    assert first != shards_of  # another epoch, another assignment
+                shards_of[epoch][(rank, worker)] = set(unit[mine].tolist())
+    for epoch in (0, 1):
+        assert sorted(seen[epoch]) == list(range(48))  # every pair exactly once
+        assert all(len(s) == 2 for s in shards_of[epoch].values())
+        assert set().union(*shards_of[epoch].values()) == set(range(8))  # 4 slots x 2 whole shards, disjoint
+    assert shards_of[0] != shards_of[1]  # another epoch, another assignment
 
 
 def test_the_order_is_a_function_of_seed_and_epoch_and_uneven_shards_leave_out_less_than_a_round():
