@@ -316,7 +316,8 @@ class LitViTCLI(LightningCLI):
             name = new_evaluation_dir(root, self.subcommand, evaluated, is_primary_process(), self.command)
             kwargs["logger"] = RunLogger(str(root / "evaluations" / name))
         if self.subcommand == "predict":
-            callbacks.append(PredictionCSVWriter(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
+            writer = getattr(self.model, "prediction_writer", PredictionCSVWriter)  # a module may write its own table
+            callbacks.append(writer(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
         kwargs["callbacks"] = callbacks + self.extra_callbacks
         return super().instantiate_trainer(**kwargs)
 

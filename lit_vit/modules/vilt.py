@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
+from lit_vit.callbacks.table_predict import TablePredictionWriter
 from lit_vit.data.image_text import ImageTextDataModule
 from lit_vit.data.tokenizer import TextTokenizer, whole_word_mask
 from lit_vit.errors import ConfigError
@@ -69,6 +70,7 @@ class ViltModule(L.LightningModule):
     # file holds trained `eval_heads` (the CLI allows it for classes that say so: lit_vit.cli.pretrained_to_evaluate)
     evaluates_pretrained = True
     eval_heads: tuple[str, ...] = ("itm_head", "mlm_head")
+    prediction_writer = TablePredictionWriter  # the CLI's predict writer: prediction_table() below makes the rows
 
     def __init__(
         self,
@@ -175,6 +177,48 @@ class ViltModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor], text_ids: torch.Tensor | None = None) -> dict:
         ids = batch["text_ids"] if text_ids is None else text_ids
         return self.model(ids, batch["text_mask"], batch["image"], batch["pixel_mask"])
+
+    # --- predict -------------------------------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        out = {"bad": batch["bad"]}
+        if "index" in batch:  # a batch whose every image was unreadable has only `bad`
+            out |= {"index": batch["index"], **self.predict_scores(batch)}
+        return out
+
+    def predict_scores(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`score`: the ITM probability that the text describes the image."""
+        return {"score": self.model.itm_logits(self(batch)).float().softmax(-1)[:, 1]}
+
+    def prediction_table(self, predictions: list[dict], top_k: int) -> tuple[list[str], list[list], list[str]]:
+        """(header, rows, unreadable image files) of the predict CSV from every batch's `predict_step` output."""
+        pairs = self.trainer.datamodule.predict_pairs
+        bad = [pairs[i].image for p in predictions for i in p["bad"].tolist()]
+        good = [p for p in predictions if "index" in p]
+        if not good:
+            return self.table_header(top_k), [], bad
+        merged = {k: torch.cat([p[k] for p in good]) for k in good[0] if k != "bad"}
+        return self.table_header(top_k), self.table_rows(pairs, merged, top_k), bad
+
+    def table_header(self, top_k: int) -> list[str]:
+        return ["image", "text", "score", "text_rank", "image_rank"]
+
+    def table_rows(self, pairs: list, merged: dict[str, torch.Tensor], top_k: int) -> list[list]:
+        """One row a pair with its score; text_rank: the text's rank among the texts scored with the same image (1:
+        best; one image and a list of texts is a ranking of the texts), image_rank: the image's among the images
+        scored with the same text."""
+        scores = dict(zip(merged["index"].tolist(), merged["score"].tolist()))
+        by_image: dict[str, list[int]] = {}
+        by_text: dict[str, list[int]] = {}
+        for i in scores:
+            by_image.setdefault(str(pairs[i].path), []).append(i)
+            by_text.setdefault(pairs[i].text, []).append(i)
+        rank = {}
+        for groups, what in ((by_image, "text"), (by_text, "image")):
+            for members in groups.values():
+                for r, i in enumerate(sorted(members, key=lambda i: (-scores[i], i)), 1):
+                    rank[i, what] = r
+        order = sorted(scores, key=lambda i: (str(pairs[i].path), rank[i, "text"]))
+        return [[pairs[i].image, pairs[i].text, f"{scores[i]:.6f}", rank[i, "text"], rank[i, "image"]] for i in order]
 
     # --- optimiser -----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -322,6 +366,10 @@ class ViltRetrieval(ViltModule):
         if "rank_head" in skipped_heads:
             self.model.add_rank_head()  # from the pre-trained ITM head
 
+    def predict_scores(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`score`: the rank head's score (a logit; the ITM "match" logit for a pre-trained model)."""
+        return {"score": self.model.rank_scores(self(batch)).float()}
+
     def untrained_heads(self, not_loaded: list[str]) -> list[str]:
         # zero-shot retrieval ranks with the ITM head's "match" row (the rank head starts as that row)
         return ["rank_head or itm_head"] if {"rank_head", "itm_head"} <= set(not_loaded) else []
@@ -421,6 +469,24 @@ class ViltVQA(ViltModule):
         if self.model.num_answers != len(self.answers):
             self.model.reset_vqa_head(len(self.answers))
 
+    def predict_scores(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`probs`: every answer's sigmoid score (VQA is multi-label: they need not sum to 1)."""
+        return {"probs": self.model.vqa_logits(self(batch)).float().sigmoid()}
+
+    def table_header(self, top_k: int) -> list[str]:
+        k = min(top_k, len(self.answers))
+        return ["image", "question"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("answer", "score")]
+
+    def table_rows(self, pairs: list, merged: dict[str, torch.Tensor], top_k: int) -> list[list]:
+        """The top-k answers of every question with their scores, in input order."""
+        probs, labels = merged["probs"].topk(min(top_k, len(self.answers)), dim=1)
+        rows = []
+        for i, p, c in sorted(zip(merged["index"].tolist(), probs.tolist(), labels.tolist())):
+            rows.append(
+                [pairs[i].image, pairs[i].text, *(v for a, s in zip(c, p) for v in (self.answers[a], f"{s:.6f}"))]
+            )
+        return rows
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self.model.vqa_logits(self(batch)).float()
         targets = batch["targets"]
@@ -465,6 +531,14 @@ class ViltNLVR2(ViltModule):
             self.model.add_nlvr2_head()
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_acc", MeanMetric())
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict":
+            raise ConfigError(
+                "predict is not available for ViltNLVR2 (its inputs are two images and a statement); evaluate with "
+                "test or validate"
+            )
+        super().setup(stage)
 
     def pair_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, 2) false / true logits: the encoder once per image, with the statement."""

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_vit.data.image_text.collate import ImageTextCollate
 from lit_vit.data.image_text.datasets import PairDataset, RetrievalGridDataset
+from lit_vit.data.image_text.predict import PredictCollate, PredictPair, PredictPairDataset, read_predict_pairs
 from lit_vit.data.image_text.sources import SplitRecords
 from lit_vit.data.image_text.transform import AUGMENT_KINDS, ImageTextTransform
 from lit_vit.data.sampling import ResumableDataModule
@@ -59,6 +60,8 @@ class ImageTextDataModule(ResumableDataModule):
         eval_max_images: retrieval evaluation on the first N images of the split and their texts (default: all).
         skip_corrupt_images: skip unreadable images with a warning instead of failing.
         seed: seed of the training order and the augmentations.
+        predict_path: `predict` input: a CSV (columns image, text or question) or JSON file of (image, text) pairs,
+            or of one image with a list of texts / one text with a list of images (lit_vit.data.image_text.predict).
     """
 
     task = "captions"
@@ -80,6 +83,7 @@ class ImageTextDataModule(ResumableDataModule):
         eval_max_images: int | None = None,
         skip_corrupt_images: bool = False,
         seed: int = 0,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
         if image_size % patch_size:
@@ -96,6 +100,7 @@ class ImageTextDataModule(ResumableDataModule):
         self.max_text_len, self.vocab_file, self.vocab_size = max_text_len, vocab_file, vocab_size
         self.num_workers, self.augment = num_workers, augment
         self.eval_max_images, self.skip_corrupt_images = eval_max_images, skip_corrupt_images
+        self.predict_path = predict_path
         self.tokenizer: TextTokenizer | None = None
         if vocab_file is not None:
             self.tokenizer = TextTokenizer.from_file(vocab_file, max_text_len)  # fails early on a missing file
@@ -154,6 +159,10 @@ class ImageTextDataModule(ResumableDataModule):
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self._build(split)
+        if stage == "predict":
+            if not self.predict_path:
+                raise ConfigError("predict needs inputs: pass --data.predict_path <CSV or JSON of (image, text) pairs>")
+            self.datasets["predict"] = PredictPairDataset(read_predict_pairs(self.predict_path), self.transform(False))
         if self.tokenizer is None:
             self.tokenizer = TextTokenizer.train(self.vocab_texts(), self.vocab_size, self.max_text_len)
         trainer = getattr(self, "trainer", None)
@@ -242,3 +251,12 @@ class ImageTextDataModule(ResumableDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    @property
+    def predict_pairs(self) -> list[PredictPair]:
+        """The (image, text) inputs of `predict`, in file order (the batches' `index`)."""
+        return self.datasets["predict"].pairs
+
+    def predict_dataloader(self) -> DataLoader:
+        kwargs = self._loader_kwargs() | {"collate_fn": PredictCollate(ImageTextCollate(self.tokenizer))}
+        return self.eval_loader(self.datasets["predict"], **kwargs)
