@@ -15,6 +15,7 @@ from lit_vit.bench.config import instantiate, parse_args, set_init_arg
 from lit_vit.bench.data import bench_data, write_jpeg_tree
 from lit_vit.bench.options import check_args, default_output
 from lit_vit.bench.reports import data_table, environment, load_average, short_config, short_data, summary, table
+from lit_vit.bench.step import bench_step, fit_config
 from lit_vit.bench.timing import bench_models, fixed_batch
 from lit_vit.bench.twins import ViltITM, input_shape, timm_twin
 from lit_vit.perf import count_flops
@@ -44,7 +45,7 @@ def run(parser: ArgumentParser, args: Namespace, argv: list[str]) -> dict:
         },
         "results": {},
     }
-    model_modes = [m for m in args.mode if m != "data"]
+    model_modes = [m for m in args.mode if m not in ("data", "step")]
     if model_modes:
         spec = args.backbone.as_dict()
         torch.manual_seed(0)
@@ -84,6 +85,9 @@ def run(parser: ArgumentParser, args: Namespace, argv: list[str]) -> dict:
             record["config"]["data"] = short_data(data_args.data, args)
             record["config"]["data_spec"] = data_args.data.as_dict()
             record["results"]["data"] = bench_data(parser, data_args)
+    if "step" in args.mode:
+        record["config"]["step_config"] = fit_config(args.config)
+        record["results"]["step"] = bench_step(args, argv)
     record["load_average_after"] = load_average()
     return record
 

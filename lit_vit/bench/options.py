@@ -14,7 +14,7 @@ from lit_vit.cli_parser import EpilogFormatter, OneLineErrors
 from lit_vit.errors import ConfigError
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-MODES = ("train", "infer", "data")
+MODES = ("train", "infer", "data", "step")
 DESCRIPTION = (
     "`python -m lit_vit bench`: training / inference throughput of a backbone (against timm for ViT and hybrid) "
     "and data\nthroughput."
@@ -48,6 +48,8 @@ examples:
       --backbone.num_classes 10 --batch-size 32
   python -m lit_vit bench --config experiments/hybrid_embedded.yaml          (a fit config's backbone)
   python -m lit_vit bench --config benchmarks/imagefolder_224.yaml --mode data --jpeg-tree 256 --workers 0 2
+  python -m lit_vit bench --config experiments/ablation_pos.yaml --mode step
+      where a training step of a fit config goes: waiting for data, forward, backward, optimiser (a short real fit)
   python -m lit_vit bench --backbone.help lit_vit.models.VisionTransformer    (the backbone's options)
   python -m lit_vit bench --table ~/.cache/lit_vit/bench.jsonl               (records as markdown)
 """
@@ -109,7 +111,12 @@ def build_parser() -> BenchParser:
         default=None,
         help="torch.set_float32_matmul_precision (high / medium allow TF32 for 32-true on Ampere and newer)",
     )
-    run.add_argument("--warmup", type=int, default=1, help="untimed repeats per model (compilation happens here)")
+    run.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed repeats per model (compilation happens here); --mode step: steps left out",
+    )
     run.add_argument("--repeats", type=int, default=5, help="timed repeats per model; the median is reported")
     run.add_argument("--steps", type=int, default=1, help="steps per repeat")
     run.add_argument(
@@ -124,6 +131,13 @@ def build_parser() -> BenchParser:
         type=float | None,
         default=None,
         help="peak TFLOP/s for MFU (default: looked up for known GPUs)",
+    )
+    step = p.add_argument_group("step mode (a short real fit of --config, default experiments/quickstart.yaml)")
+    step.add_argument(
+        "--profile-steps",
+        type=int,
+        default=30,
+        help="--mode step: training steps measured after the --warmup steps (data wait, forward, backward, optimiser)",
     )
     data = p.add_argument_group("data mode")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to time")
@@ -156,7 +170,7 @@ def build_parser() -> BenchParser:
 
 
 def check_args(args: Namespace) -> None:
-    for name in ("batch_size", "repeats", "steps", "data_batches"):
+    for name in ("batch_size", "repeats", "steps", "data_batches", "profile_steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:

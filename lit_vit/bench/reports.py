@@ -8,6 +8,7 @@ import torch
 from jsonargparse import Namespace
 
 from lit_vit.ablation.results import cpu_model
+from lit_vit.callbacks.step_profile import format_summary
 
 
 def versions() -> dict:
@@ -107,7 +108,8 @@ def short_data(spec: Namespace, args: Namespace) -> str:
 
 
 def summary(record: dict) -> str:
-    lines = [f"{record['config'].get('model', '')}  ({record['environment']['device']}, "
+    name = record["config"].get("model") or record["config"].get("step_config", "")
+    lines = [f"{name}  ({record['environment']['device']}, "
              f"{record['environment']['torch_threads']} threads, load {record['load_average_before']})"]  # fmt: skip
     if "timm_max_abs_diff" in record:
         lines.append(f"timm twin: same weights, max |output difference| {record['timm_max_abs_diff']:.2e}")
@@ -137,6 +139,9 @@ def summary(record: dict) -> str:
             lines.append(f"{mode:5s} MFU: {res['peak_flops_source']}")
     for workers, r in record["results"].get("data", {}).items():
         lines.append(f"data  {workers} workers: {r['images_per_s']:.0f} img/s (first batch {r['first_batch_s']:.2f} s)")
+    if record["results"].get("step"):
+        lines.append(f"step: {record['config']['step_config']}, a short fit")
+        lines.append(format_summary(record["results"]["step"]))
     if "data" in record["results"] and "train" in record["results"]:
         need = record["results"]["train"]["lit_vit"]["images_per_s"]
         best = max(r["images_per_s"] for r in record["results"]["data"].values())

@@ -3,6 +3,7 @@ from lit_vit.callbacks.ema import EMA
 from lit_vit.callbacks.fewshot import FewShotEval
 from lit_vit.callbacks.predict import PredictionCSVWriter
 from lit_vit.callbacks.run import LastCheckpoint, run_checkpoints
+from lit_vit.callbacks.step_profile import StepProfile
 from lit_vit.callbacks.throughput import ThroughputLogger
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "FewShotEval",
     "LastCheckpoint",
     "PredictionCSVWriter",
+    "StepProfile",
     "ThroughputLogger",
     "ViTArtifacts",
     "run_checkpoints",
