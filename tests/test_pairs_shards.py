@@ -168,6 +168,13 @@ def test_a_resumed_sampler_skips_the_consumed_batches_and_names_each_workers_sha
     units = resumed.unit_order()
     # worker 0's stretch is the epoch's first 24 pairs (4 shards): 9 read -> units[1] + 3; worker 1's from pair 24: +6
     assert pos == [(0, str(units[1]), 3), (1, str(units[5]), 0)]
+    # through real workers: after an odd number of batches the workers swap stretches, each still reads only one
+    resumed.skip_once(5 * 3)
+    loader = DataLoader(resumed.dataset, 3, sampler=resumed, num_workers=2)
+    read = [(int(i), int(w)) for idx, wid in loader for i, w in zip(idx, wid)]
+    assert [i for i, _ in read] == order[15:]
+    for worker, slot in ((0, 1), (1, 0)):
+        assert set(i for i, w in read if w == worker) <= set(resumed.slot_indices(slot).tolist())
 
 
 # --- a pre-training run on shards, interrupted and resumed ----------------------------------------------------------
