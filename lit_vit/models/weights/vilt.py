@@ -173,7 +173,7 @@ def load_vilt(model: ViLT, sd: dict[str, torch.Tensor], source: str, load_head: 
     checkpoint lacks are the report's `missing`. The position table is interpolated when the pre-training grid
     differs.
     """
-    sd = lightning_backbone(sd, "model.")  # a lit_vit LightningModule checkpoint
+    sd = dict(lightning_backbone(sd, "model."))  # a lit_vit LightningModule checkpoint; the caller's dict unchanged
     layout = detect_layout(sd)
     if layout == "hf":
         sd = convert_hf_vilt(sd)
