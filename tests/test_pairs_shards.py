@@ -7,6 +7,9 @@ import contextlib
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import lightning as L
@@ -319,3 +322,36 @@ def test_the_shards_recipe_pretrains_from_shards_written_by_the_tool(tmp_path, c
     assert state["global_step"] == 4  # 8 shards x 8 scenes x 2 captions / 32
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert any(r.get("val/itm_acc") for r in rows) and any(r.get("train/wpa_loss_epoch") for r in rows)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_of_two_workers_train_on_disjoint_whole_shards_and_every_pair_once_per_epoch(tmp_path):
+    for split, num in (("train", 64), ("val", 8)):
+        main(["shards", "--input", f"scenes:{split}:{num}", "--output", str(tmp_path / "scenes_shards" / split),
+              "--shard_size", "8"])  # fmt: skip
+    callback = json.dumps([{"class_path": "_pairs_callbacks.RecordPairs", "init_args": {"folder": str(tmp_path)}}])
+    args = [
+        "fit", "--config=experiments/vilt_pretrain_shards_embedded.yaml", f"--data.init_args.root={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_epochs=2", "--trainer.devices=2",
+        "--trainer.strategy=ddp", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        "--model.model.init_args.embed_dim=32", "--model.model.init_args.depth=1",
+        "--model.model.init_args.num_heads=2", "--data.init_args.batch_size=8", "--data.init_args.num_workers=2",
+        f"--trainer.callbacks={callback}",
+    ]  # fmt: skip
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(__file__))
+    cmd = [sys.executable, "-m", "lit_vit", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for r in (0, 1) for line in open(tmp_path / f"rank{r}.jsonl")]
+    shards_of = {}
+    for epoch in (0, 1):
+        pairs = [i for _, e, _, batch in rows if e == epoch for i in batch]
+        assert sorted(pairs) == list(range(128))  # 8 shards x 8 scenes x 2 captions, each once
+        for rank in (0, 1):
+            batches = [batch for r, e, _, batch in rows if e == epoch and r == rank]
+            assert len(batches) == 8  # the same number of batches on both ranks
+            for worker in (0, 1):  # batch k of a rank is worker k % 2's
+                shards_of[(epoch, rank, worker)] = {i // 16 for batch in batches[worker::2] for i in batch}
+        mine = [s for (e, _, _), s in shards_of.items() if e == epoch]
+        assert all(len(s) == 2 for s in mine) and set().union(*mine) == set(range(8))  # whole shards, disjoint
+    assert [s for (e, *_), s in shards_of.items() if e == 0] != [s for (e, *_), s in shards_of.items() if e == 1]
