@@ -1,8 +1,9 @@
 """Deterministic, resumable sampling, and the one mid-epoch resume mechanism of every lit_vit DataModule.
 
 The order of an epoch is a function of (seed, epoch) and every sample's augmentation is seeded by
-(seed, epoch, index): runs repeat exactly, epochs differ, the number of workers does not matter, and a run resumed
-mid-epoch sees the rest of the same epoch (`ResumableDataModule`).
+(seed, epoch, index), or, where whole batches are augmented at once (lit_vit.data.batch_augment), every batch's by
+(seed, epoch, rank, batch position): runs repeat exactly, epochs differ, the number of workers does not matter, and a
+run resumed mid-epoch sees the rest of the same epoch (`ResumableDataModule`).
 """
 
 import math
