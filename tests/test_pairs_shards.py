@@ -96,6 +96,67 @@ def test_csv_and_jsonl_sources_group_captions_by_image_and_concatenate(tmp_path,
     assert dm.train_sampler(dm.datasets["train"]).unit_sizes.tolist() == [3, 3] + [8] * 6
 
 
+def write_jpeg(path, value: int) -> None:
+    Image.fromarray(np.full((40, 48, 3), value, dtype=np.uint8)).save(path, format="JPEG")
+
+
+def shard_contents(pattern: str) -> list[tuple[str, bytes, str]]:
+    out = []
+    for f in expand_braces(pattern):
+        with tarfile.open(f) as tar:
+            out += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    return out
+
+
+def run_tool(*argv: str) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["shards", *argv])
+    return buf.getvalue().strip()
+
+
+def tool_error(capsys, *argv: str) -> str:
+    """The one-line `error:` of a tool run that stops (exit status 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_tool(*argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_the_tool_writes_a_csv_a_folder_and_coco_annotations_as_shards_with_the_image_bytes_unchanged(tmp_path, capsys):
+    write_png(tmp_path / "a.png", 10)
+    write_jpeg(tmp_path / "b.jpeg", 200)
+    (tmp_path / "p.csv").write_text("image,caption\na.png,one\nb.jpeg,two\na.png,uno\n")
+    pattern = run_tool("--input", str(tmp_path / "p.csv"), "--output", str(tmp_path / "csv"), "--shard_size", "1")
+    names = [(n, d) for n, d in shard_contents(pattern)]
+    assert [n for n, _ in names] == ["000000000.png", "000000000.json", "000000001.jpg", "000000001.txt"]
+    assert names[0][1] == (tmp_path / "a.png").read_bytes() and names[2][1] == (tmp_path / "b.jpeg").read_bytes()
+    assert json.loads(names[1][1]) == {"captions": ["one", "uno"]} and names[3][1] == b"two"
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_png(folder / "x.png", 1)
+    (folder / "x.txt").write_text("first caption\nsecond caption\n")
+    pattern = run_tool("--input", str(folder), "--output", str(tmp_path / "fold"))
+    assert datamodule([pattern]).records("train").captions == [["first caption", "second caption"]]
+    write_png(folder / "y.png", 2)  # no y.txt
+    error = tool_error(capsys, "--input", str(folder), "--output", str(tmp_path / "fold2"))
+    assert "1 of 2 images in" in error and "have no caption file, the first is" in error and "y.png" in error
+    error = tool_error(capsys, "--input", str(tmp_path / "p.csv"), "--output", str(tmp_path / "csv"))
+    assert "already holds .tar files" in error
+
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "coco" / "train2017").mkdir()
+    write_jpeg(tmp_path / "coco" / "train2017" / "000000000009.jpg", 50)
+    captions = [{"image_id": 9, "caption": "a plate"}, {"image_id": 9, "caption": "food "}]
+    annotations = {"images": [{"id": 9, "file_name": "000000000009.jpg"}], "annotations": captions}
+    (tmp_path / "coco" / "annotations" / "captions_train2017.json").write_text(json.dumps(annotations))
+    pattern = run_tool("--input", f"coco:{tmp_path / 'coco'}:train", "--output", str(tmp_path / "coco_shards"))
+    assert datamodule([pattern]).records("train").captions == [["a plate", "food"]]
+
+
 # --- the order ----------------------------------------------------------------------------------------------------
 class WhoReads(Dataset):
     """Item (index, seed) -> (index, DataLoader worker id)."""

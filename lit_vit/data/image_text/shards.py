@@ -314,8 +314,24 @@ def scene_samples(split: str, num: int) -> Iterator[tuple[bytes, str, Sequence[s
         yield buf.getvalue(), "png", scenes.captions(i)
 
 
+def coco_records(root: str, split: str, year: int) -> list[PairRecord]:
+    """The images and captions of COCO's caption annotations, as CocoCaptionsDataModule reads them."""
+    from lit_vit.data.image_text.coco import CocoCaptionsDataModule
+
+    if split not in ("train", "val"):
+        raise ConfigError(f"unknown COCO split {split!r}; choose train or val")
+    rec = CocoCaptionsDataModule(root=root, year=year).records(split)
+    return [PairRecord(path, tuple(caps)) for path, caps in zip(rec.images.paths, rec.captions)]
+
+
 def input_samples(spec: str) -> Iterator[tuple[bytes, str, Sequence[str]]]:
-    """What `--input` names: a CSV / JSONL file, a folder of images + .txt captions, or `scenes:<split>:<num>`."""
+    """What `--input` names: a CSV / JSONL file, a folder of images + .txt captions, `coco:<root>:<split>[:<year>]`
+    or `scenes:<split>:<num>`."""
+    if spec.startswith("coco:"):
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and not parts[3].isdigit()):
+            raise ConfigError(f"--input {spec}: write coco:<root>:<train|val>[:<year>], e.g. coco:data/coco:train")
+        return _file_samples(coco_records(parts[1], parts[2], int(parts[3]) if len(parts) == 4 else 2017))
     if spec.startswith("scenes:"):
         parts = spec.split(":")
         if len(parts) != 3 or not parts[2].isdigit():
@@ -337,7 +353,8 @@ def main(argv: list[str]) -> None:
         "--input",
         required=True,
         help="a CSV (columns image, caption), a JSONL (image, caption or captions), a folder of images with "
-        "<name>.txt captions, or scenes:<split>:<number> (the generated scenes)",
+        "<name>.txt captions, coco:<root>:<train|val>[:<year>] (COCO caption annotations, as CocoCaptionsDataModule "
+        "reads them), or scenes:<split>:<number> (the generated scenes)",
     )
     parser.add_argument("--output", required=True, help="folder for 000000.tar, 000001.tar, ...")
     parser.add_argument("--shard_size", type=int, default=1000, help="samples (images) per shard (default 1000)")
