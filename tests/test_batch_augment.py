@@ -233,6 +233,8 @@ def test_cache_memory_decodes_once_and_refuses_a_tree_above_the_bound(tmp_path):
     assert isinstance(train, ArrayDataset) and len(train.images) == 8 and train.images[1].shape == (18, 19, 3)
     x, _ = next(iter(dm.train_dataloader()))  # rrc from images of different sizes on one canvas
     assert x.shape == (4, 3, 16, 16) and dm.batched
+    again = dm.build_split("train", dm.transforms(train=False))  # as FewShotEval reads it: no second decoding
+    assert again.images is train.images and dm.transforms(train=False) is not None
     decoded = sum(im.nbytes for im in train.images)
     small = ImageFolderDataModule(root=str(tmp_path), cache="memory", cache_max_gb=(decoded - 1) / 2**30)
     with pytest.raises(

@@ -573,6 +573,7 @@ class ImageFolderDataModule(ImageDataModule):
         self.dataset_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._stats_images = 0
         self._cached_bytes = 0
+        self._decoded: dict[str, tuple[list[np.ndarray], list[str], list[int]]] = {}
         self._class_names: list[str] | None = None
 
     @property
@@ -688,7 +689,13 @@ class ImageFolderDataModule(ImageDataModule):
         return FileDataset(paths, targets, transform, self.channels, on_bad_image=self.on_bad_image)
 
     def _decode_split(self, split: str, paths: list[str], targets: list[int], transform) -> ArrayDataset:
-        """cache memory: the split decoded once (HWC uint8 arrays), after checking the bound on the image headers."""
+        """cache memory: the split decoded once (HWC uint8 arrays), after checking the bound on the image headers;
+        later calls (FewShotEval reads the splits with the evaluation transform) share the decoded images."""
+        if split in self._decoded:
+            images, kept_paths, kept_targets = self._decoded[split]
+            dataset = ArrayDataset(images, kept_targets, transform)
+            dataset.paths = kept_paths
+            return dataset
         sizes = []
         for path in paths:
             try:
@@ -718,9 +725,8 @@ class ImageFolderDataModule(ImageDataModule):
             kept_paths.append(path)
             kept_targets.append(target)
         self._cached_bytes = need
-        dataset = ArrayDataset(images, kept_targets, transform)
-        dataset.paths = kept_paths
-        return dataset
+        self._decoded[split] = (images, kept_paths, kept_targets)
+        return self._decode_split(split, paths, targets, transform)
 
     def _split_files(self, split: str) -> tuple[list[str], list[int]]:
         """The image files of a split and their class indices (class folders in sorted order)."""
