@@ -18,13 +18,16 @@ accumulation steps without an optimiser step are counted as steps whose optimise
 steps (loader start-up, warm-up) are left out.
 """
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
 from lit_vit.errors import ConfigError
+from lit_vit.files import write_text_atomic
 from lit_vit.perf import synchronize
 
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -36,14 +39,16 @@ class StepProfile(L.Callback):
     Args:
         skip: first training steps of each fit left out (loader start-up, warm-up, compilation).
         print_summary: print the table when fit ends (rank 0).
+        output: a JSON file the summary is written to when fit ends (rank 0), or null.
     """
 
-    def __init__(self, skip: int = 2, print_summary: bool = True) -> None:
+    def __init__(self, skip: int = 2, print_summary: bool = True, output: str | None = None) -> None:
         super().__init__()
         if not (isinstance(skip, int) and skip >= 0):
             raise ConfigError(f"StepProfile skip is {skip!r} but must be an integer >= 0 (steps left out at start)")
         self.skip = skip
         self.print_summary = print_summary
+        self.output = output
         self.times: dict[str, list[float]] = {phase: [] for phase in PHASES}
         self.steps_seen = 0
         self.batch_size: int | None = None
@@ -92,6 +97,7 @@ class StepProfile(L.Callback):
             "steps": steps,
             "batch_size": self.batch_size,
             "step_ms_mean": total * 1e3,
+            "images_per_s": self.batch_size / total if self.batch_size and total else None,
             "phases": {
                 p: {
                     "ms_mean": means[p] * 1e3,
@@ -103,8 +109,12 @@ class StepProfile(L.Callback):
         }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.print_summary and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if self.print_summary:
             print(format_summary(self.summary()))
+        if self.output:
+            write_text_atomic(Path(self.output), json.dumps(self.summary(), indent=1))
 
 
 def format_summary(summary: dict) -> str:
