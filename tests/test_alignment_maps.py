@@ -78,12 +78,12 @@ def test_the_callback_writes_one_png_per_validation_pair_and_the_numbers_at_the_
     trainer = L.Trainer(
         default_root_dir=tmp_path, max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[ViltAlignmentMaps(num_pairs=3)],
+        callbacks=[ViltAlignmentMaps(num_pairs=2)],
     )  # fmt: skip
     trainer.fit(ViltPretraining(ViLT(**TINY), lr=1e-3), dm)
     out = tmp_path / "artifacts"
     pngs = sorted(p.name for p in out.glob("alignment_*.png"))
-    assert pngs == ["alignment_0.png", "alignment_1.png", "alignment_2.png"]
+    assert pngs == ["alignment_0.png", "alignment_1.png"]
     assert all((out / p).stat().st_size > 10_000 for p in pngs)  # a 2 x 11 grid of maps, not an empty figure
     numbers = np.load(out / "alignment.npz")
     assert list(numbers["words_1"]) == dm.datasets["val"][1]["text"].split()
