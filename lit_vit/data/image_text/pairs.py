@@ -182,11 +182,8 @@ class PairsDataModule(ImageTextDataModule):
             "val": list(val_sources),
             "test": list(test_sources or val_sources),
         }
-        self.block_size, self.shuffle_within_shard, self.skip_bad_shards = (
-            block_size,
-            shuffle_within_shard,
-            skip_bad_shards,
-        )
+        self.block_size = block_size
+        self.shuffle_within_shard, self.skip_bad_shards = shuffle_within_shard, skip_bad_shards
         self._records: dict[str, tuple[SplitRecords, list[str], list[int]]] = {}
         self._reported_left_out = False
 
