@@ -27,6 +27,7 @@ from lit_vit.ablation.config import Ablation
 from lit_vit.callbacks import PredictionCSVWriter, run_checkpoints
 from lit_vit.callbacks.resume import ExactResume, stopped_by
 from lit_vit.cli_parser import EpilogFormatter, LitViTParser
+from lit_vit.commands import EXTRA_COMMANDS, EXTRA_COMMANDS_HELP
 from lit_vit.config_diff import flatten
 from lit_vit.errors import ConfigError, config_error_in, user_message
 from lit_vit.run_folder import (
@@ -320,28 +321,6 @@ class LitViTCLI(LightningCLI):
             callbacks.append(writer(cfg.predict_output or root / "predictions.csv", cfg.predict_top_k))
         kwargs["callbacks"] = callbacks + self.extra_callbacks
         return super().instantiate_trainer(**kwargs)
-
-
-# Subcommands beyond LightningCLI's fit / validate / test / predict: name -> "module:function(argv)".
-EXTRA_COMMANDS: dict[str, str] = {
-    "sweep": "lit_vit.ablation.sweep:main",
-    "bench": "lit_vit.bench:main",
-    "plot": "lit_vit.ablation.plots:main",
-    "shards": "lit_vit.data.image_text.shards:main",
-}
-# `python -m lit_vit --help` lists them below fit / validate / test / predict, in the same layout
-EXTRA_COMMANDS_HELP = """\
-  More subcommands (python -m lit_vit <subcommand> --help for their options):
-    sweep               Run an ablation (a config with an ablation: section):
-                        every variant x seed as an ordinary run; fit --config
-                        of such a file runs it too.
-    bench               Time training and inference steps of a backbone against
-                        timm's ViT (FLOPs, MFU), and the data loader.
-    plot                Redraw an ablation sweep's results.csv and plots from
-                        its saved runs, without training.
-    shards              Write image-text pairs (a CSV, JSONL or folder) as tar
-                        shards for lit_vit.data.PairsDataModule.
-"""
 
 
 # argparse takes "-1" and "-0.5" as values but reads a negative number with an exponent ("-1e-3") as an option

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.cli import LightningCLI
 
-from lit_vit.cli import EXTRA_COMMANDS, main
+from lit_vit.cli import main
+from lit_vit.commands import EXTRA_COMMANDS, LIGHTNING_COMMANDS, top_level_help
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +35,24 @@ def test_top_level_help_lists_the_lightning_and_the_extra_subcommands():
         assert name in listed and len(listed[name].split()) > 2, name
     assert "against" in listed["bench"] and "timm" in text and "sweep" in listed["plot"]
     assert list(EXTRA_COMMANDS) == ["sweep", "bench", "plot", "shards"]
+
+
+def test_top_level_help_names_lightning_clis_own_subcommands():
+    # answered without Lightning (lit_vit/__main__.py): it must list what LitViTCLI really accepts
+    assert list(LIGHTNING_COMMANDS) == list(LightningCLI.subcommands())
+    usage = top_level_help().splitlines()[0]
+    assert usage.endswith("{" + ",".join([*LightningCLI.subcommands(), *EXTRA_COMMANDS]) + "} ...")
+
+
+@pytest.mark.slow
+def test_top_level_help_imports_no_lightning():
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "lit_vit", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "More subcommands" in proc.stdout, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "lit_vit.commands" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("lightning", "torch", "jsonargparse")}
 
 
 @pytest.mark.slow
