@@ -1,11 +1,13 @@
 """albumentations pipelines for image classification (HWC uint8 numpy in, normalised CHW tensor out)."""
 
 import os
+import random
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations pings the network on import otherwise
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from lit_vit.errors import ConfigError  # noqa: E402
@@ -23,9 +25,13 @@ class SeededCompose(A.Compose):
     """
 
     def set_random_seed(self, seed: int | None) -> None:
-        super().set_random_seed(seed)
         if seed is None:
+            super().set_random_seed(seed)
             return
+        # BaseCompose.set_random_seed (2.0.8) with a seed per transform; not calling it seeds each transform once
+        self.seed = seed
+        self.random_generator = np.random.default_rng(seed)
+        self.py_random = random.Random(seed)
         for i, transform in enumerate(self.transforms):
             transform.set_random_seed((seed + GOLDEN * (i + 1)) % 2**32)
 
