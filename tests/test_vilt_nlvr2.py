@@ -223,5 +223,8 @@ def test_the_nlvr2_module_refuses_other_data_and_predict():
     with pytest.raises(ConfigError, match="predict is not available for ViltNLVR2"):
         attach(ViltNLVR2(ViLT(**TINY)), pairs, "predict")
     # random weights are never evaluated: test without a checkpoint needs pretrained weights with a trained head
+    module = ViltNLVR2(ViLT(**TINY), pretrained="pre.ckpt")
     with pytest.raises(ConfigError, match="test needs trained weights"):
-        attach(ViltNLVR2(ViLT(**TINY)), pairs, "test")
+        module.check_zero_shot("test", None)
+    with pytest.raises(ConfigError, match=r"evaluates pre.ckpt as it is, and it has no trained nlvr2_head"):
+        module.check_zero_shot("test", ["nlvr2_head"])

@@ -93,6 +93,8 @@ class ViltModule(L.LightningModule):
         self.vocab: list[str] | None = None
         self.tokenizer: TextTokenizer | None = None
         self._pretrained_loaded = False
+        self._heads_not_loaded: list[str] | None = None  # after `pretrained` is loaded: the heads it did not have
+        self._restored = False  # weights restored from a Lightning checkpoint (fit / validate / test --ckpt_path)
 
     # --- vocabulary, weights -------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -122,15 +124,27 @@ class ViltModule(L.LightningModule):
         self.tokenizer = dm.tokenizer
         self.model.resize_vocab(len(self.vocab))
         self.setup_task(dm)
-        not_loaded = None
         if sd is not None:
             report = weights.load_pretrained(self.model, sd, source=str(self.hparams.pretrained))
             self._pretrained_loaded = True
             rank_zero_info(f"pretrained: {report.summary()}")
-            not_loaded = weights.heads_not_loaded(report)
-            self.after_pretrained(not_loaded)
-        if stage != "fit" and self.trainer.ckpt_path is None:
-            self.check_zero_shot(stage, not_loaded)
+            self._heads_not_loaded = weights.heads_not_loaded(report)
+            self.after_pretrained(self._heads_not_loaded)
+
+    # a checkpoint is restored after setup: whether validate / test / predict run on its weights is known here
+    def on_validation_start(self) -> None:
+        self._check_evaluated_weights()
+
+    def on_test_start(self) -> None:
+        self._check_evaluated_weights()
+
+    def on_predict_start(self) -> None:
+        self._check_evaluated_weights()
+
+    def _check_evaluated_weights(self) -> None:
+        stage = self.trainer.state.fn
+        if stage != "fit" and not self._restored:
+            self.check_zero_shot(stage, self._heads_not_loaded)
 
     def check_zero_shot(self, stage: str, not_loaded: list[str] | None) -> None:
         """validate / test / predict without a checkpoint evaluate the pretrained weights as they are: refuse when
@@ -164,6 +178,7 @@ class ViltModule(L.LightningModule):
         checkpoint["vilt_vocab"] = self.vocab
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored = True
         vocab = checkpoint.get("vilt_vocab")
         if vocab is None:
             raise ConfigError("the checkpoint has no ViLT vocabulary (vilt_vocab); it was not written by a ViLT module")

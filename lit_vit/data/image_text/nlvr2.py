@@ -210,24 +210,27 @@ class NLVR2DataModule(PairStatementDataModule):
 
 
 # --- the embedded pair task ---------------------------------------------------------------------------------------
+PAIR_CLAUSE_KINDS = ("color", "object", "shape")
+
+
 class ScenePairs:
     """Statements about two generated scenes: "left there is <clause> right there is <clause>".
 
     The wording keeps to the words of the embedded pre-training vocabulary (SceneDataModule's captions and questions:
-    "image", "has", "and" are not in it) and to its 16 text positions. A clause names a colour and shape ("a red
-    circle"), a colour ("a red object") or a shape ("a square"), present or negated ("no square").
+    "image", "has", "and" are not in it) and to its 16 text positions. A clause names, by `kinds`, a colour ("a red
+    object"), a colour and shape ("a red circle") or a shape ("a square"), negated with probability `negation` ("no
+    red object").
     Example k is true for even k and false for odd k (exactly balanced); a false statement has exactly one false
     clause, left or right at random, so neither image alone decides it.
     """
 
-    def __init__(self, num: int, seed: int) -> None:
+    def __init__(self, num: int, seed: int, kinds: Sequence[str] = PAIR_CLAUSE_KINDS, negation: float = 0.3) -> None:
         self.num, self.scenes = num, Scenes(2 * num, seed)
-        self.seed = seed
+        self.seed, self.kinds, self.negation = seed, tuple(kinds), negation
 
-    @staticmethod
-    def _clause(scene: dict, true: bool, rng: np.random.Generator) -> str:
+    def _clause(self, scene: dict, true: bool, rng: np.random.Generator) -> str:
         present = list(zip(scene["colors"], scene["shapes"]))
-        kind = ("object", "color", "shape")[rng.integers(3)]
+        kind = self.kinds[rng.integers(len(self.kinds))]
         if kind == "object":
             items = [f"{c} {s}" for c, s in present]
             others = [f"{c} {s}" for c in COLORS for s in SHAPES if (c, s) not in present]
@@ -237,7 +240,7 @@ class ScenePairs:
         else:
             items = list(scene["shapes"])
             others = [s for s in SHAPES if s not in scene["shapes"]]
-        negated = rng.random() < 0.3
+        negated = rng.random() < self.negation
         pool = items if true != negated else others  # "no X" is true when X is absent
         what = pool[rng.integers(len(pool))]
         return f"no {what}" if negated else f"a {what}"
@@ -260,6 +263,8 @@ class SceneNLVR2DataModule(PairStatementDataModule):
         num_train: training examples (two scenes each).
         num_val: validation examples (held out: another seed).
         num_test: test examples.
+        clause_kinds: what a clause may name: color ("a red object"), object ("a red circle"), shape ("a square").
+        negation: probability that a clause is negated ("no red object").
     """
 
     SPLIT_SEEDS = {"train": 11, "val": 12, "test": 13}
@@ -269,6 +274,8 @@ class SceneNLVR2DataModule(PairStatementDataModule):
         num_train: int = 4000,
         num_val: int = 400,
         num_test: int = 400,
+        clause_kinds: tuple[str, ...] = PAIR_CLAUSE_KINDS,
+        negation: float = 0.3,
         image_size: int = 32,
         patch_size: int = 8,
         max_text_len: int = 16,
@@ -286,7 +293,13 @@ class SceneNLVR2DataModule(PairStatementDataModule):
         for split, n in self.sizes.items():
             if n < 1:
                 raise ConfigError(f"num_{split} must be 1 or more, got {n}")
+        unknown = [k for k in clause_kinds if k not in PAIR_CLAUSE_KINDS]
+        if unknown or not clause_kinds:
+            raise ConfigError(f"clause_kinds {list(clause_kinds)}: give one or more of {', '.join(PAIR_CLAUSE_KINDS)}")
+        if not 0.0 <= negation < 1.0:
+            raise ConfigError(f"negation must be in [0, 1), got {negation}")
+        self.clause_kinds, self.negation = list(clause_kinds), negation
 
     def pair_records(self, split: str) -> PairRecords:
-        pairs = ScenePairs(self.sizes[split], self.SPLIT_SEEDS[split])
+        pairs = ScenePairs(self.sizes[split], self.SPLIT_SEEDS[split], self.clause_kinds, self.negation)
         return PairRecords(pairs.scenes, [pairs.example(k) for k in range(pairs.num)])
