@@ -228,3 +228,25 @@ def test_the_nlvr2_module_refuses_other_data_and_predict():
         module.check_zero_shot("test", None)
     with pytest.raises(ConfigError, match=r"evaluates pre.ckpt as it is, and it has no trained nlvr2_head"):
         module.check_zero_shot("test", ["nlvr2_head"])
+
+
+def test_the_pair_task_is_learned_on_a_fixed_batch_and_the_right_image_type_trains():
+    torch.manual_seed(0)
+    dm = SceneNLVR2DataModule(num_train=32, num_val=4, batch_size=32)
+    dm.setup("fit")
+    module = attach(ViltNLVR2(ViLT(**TINY | {"vocab_size": 200, "drop_rate": 0.0})), dm)
+    module.log = lambda *a, **k: None
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["label"].float().mean() == 0.5  # 16 true, 16 false statements
+    opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
+    for _ in range(60):
+        loss = module.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    with torch.no_grad():
+        accuracy = (module.pair_logits(batch).argmax(1) == batch["label"]).float().mean().item()
+    assert accuracy >= 0.9 and loss.item() < 0.3, (accuracy, loss.item())
+    table = module.model.modality_embed.weight
+    assert not torch.allclose(table[2], table[1], atol=1e-3)  # the right image's row learned its own value
