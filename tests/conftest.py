@@ -35,12 +35,15 @@ def tiny_fit_args(run_dir, *extra: str, max_epochs: int = 1, limit_batches: int 
 
 @pytest.fixture(scope="session", autouse=True)
 def session_threads():
-    """At most 2 torch threads for the whole session (the tiny test models gain nothing from more), set here and never
-    at import, so that collecting a module changes nothing; OMP_NUM_THREADS, when set, wins: on a busy machine one
-    thread per process is several times faster than two competing for the same cores."""
+    """At most 2 torch threads for the whole session, one per pytest-xdist worker on 2 cores (the tiny test models gain
+    nothing from more), set here and never at import, so that collecting a module changes nothing; OMP_NUM_THREADS,
+    when set, wins: on a busy machine one thread per process is several times faster than two competing for the same
+    cores."""
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        # pytest-xdist's workers (`-n`, see pyproject.toml) share the cores: each gets its part of them
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     yield
     torch.set_num_threads(threads)
 
