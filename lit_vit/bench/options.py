@@ -111,12 +111,7 @@ def build_parser() -> BenchParser:
         default=None,
         help="torch.set_float32_matmul_precision (high / medium allow TF32 for 32-true on Ampere and newer)",
     )
-    run.add_argument(
-        "--warmup",
-        type=int,
-        default=1,
-        help="untimed repeats per model (compilation happens here); --mode step: steps left out",
-    )
+    run.add_argument("--warmup", type=int, default=1, help="untimed repeats per model (or steps, --mode step)")
     run.add_argument("--repeats", type=int, default=5, help="timed repeats per model; the median is reported")
     run.add_argument("--steps", type=int, default=1, help="steps per repeat")
     run.add_argument(
