@@ -99,8 +99,9 @@ RESUME_HELP = (
     "Resuming with --ckpt_path last | best | <file.ckpt>: the model options (architecture, optimiser, schedule, "
     "loss) must equal the checkpoint's, or lit_vit stops and lists the differing keys; trainer options (max_epochs, "
     "max_steps, devices, precision, callbacks, logging), data loading and model.init_args.compile / pretrained may "
-    "change. validate / test / predict without --ckpt_path use <default_root_dir>/checkpoints/best.ckpt and write "
-    "their metrics to <default_root_dir>/evaluations/, never to the training metrics.csv."
+    "change. validate / test / predict without --ckpt_path use <default_root_dir>/checkpoints/best.ckpt (a ViLT module "
+    "without one: its --model.init_args.pretrained weights as they are, zero-shot, if they hold the task's heads) and "
+    "write their metrics to <default_root_dir>/evaluations/, never to the training metrics.csv."
 )
 
 
