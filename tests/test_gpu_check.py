@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from lit_vit.bench.gpu_check import main, plan, summary_md, write_cifar10
+from lit_vit.cli import main as cli_main
 from lit_vit.data import CIFARDataModule
+from tests.conftest import tiny_fit_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +58,14 @@ def test_summary_lists_failures_with_their_logs():
     assert "| vit_s16 | ok | 2500.0 | 51.2 | 41.0% | 2450.0 | 1.020 |" in text
     assert "- fsdp_vit_l16 (failed): CUDA out of memory (log: logs/fsdp.log)" in text
     assert "1 of 2 checks passed" in text
+
+
+def test_mixed_precision_with_gradient_clipping_trains(run_dir):
+    # the GPU recipes' combination (bf16-mixed + gradient_clip_val), first run by gpu_check: Lightning refuses to clip
+    # with a fused AdamW under mixed precision, so ImageClassifier takes the foreach kernel there
+    cli_main(tiny_fit_args(run_dir, "--trainer.precision=bf16-mixed", "--trainer.gradient_clip_val=1.0",
+                           limit_batches=2))  # fmt: skip
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def plan(out: Path, gpu: bool) -> list[Check]:
             )
     cifar = out / "cifar"
     cifar_profile = out / "cifar_step_profile.json"
-    steps, skip = (300, 20) if gpu else (6, 2)
+    steps, skip = (300, 20) if gpu else (5, 1)
     trainer = ["--trainer.accelerator", "gpu" if gpu else "cpu", "--trainer.devices", "1"]
     checks.append(
         Check(
@@ -110,7 +110,7 @@ def plan(out: Path, gpu: bool) -> list[Check]:
                 "null",
                 f"--trainer.default_root_dir={out / 'cifar_run'}",
                 f"--data.init_args.root={cifar}",
-                "--data.init_args.val_size=1000",
+                f"--data.init_args.val_size={1000 if gpu else 50}",
                 "--data.init_args.num_workers=0",
                 "--data.init_args.device_cache=auto",
                 f"--trainer.max_steps={steps}",
@@ -120,7 +120,7 @@ def plan(out: Path, gpu: bool) -> list[Check]:
                 "--trainer.precision=bf16-mixed",
                 *trainer,
                 profile_callback(cifar_profile, skip),
-                *([] if gpu else ["--data.init_args.batch_size=16"]),
+                *([] if gpu else ["--data.init_args.batch_size=4"]),
             ],  # fmt: skip
             240 if gpu else 120,
             "profile",
