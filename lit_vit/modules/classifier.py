@@ -299,7 +299,10 @@ class ImageClassifier(L.LightningModule):
         # fused: one kernel for all parameters (on CPU ~5x faster than foreach). Lightning refuses gradient clipping
         # with an optimizer that unscales gradients itself (fused ones) under mixed precision, bf16 included (no
         # scaler there, but the check does not ask), so those runs take the foreach kernel instead
-        clipped_mixed = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
+        trainer = self.trainer
+        clipped_mixed = "mixed" in str(getattr(trainer, "precision", "")) and bool(
+            getattr(trainer, "gradient_clip_val", 0)
+        )
         fused = self.device.type in ("cuda", "cpu") and not clipped_mixed
         # head_lr / pos_embed_lr take precedence over the layer decay
         module_lrs = [(m, hp.get(f"{m}_lr")) for m in ("head", "pos_embed") if hp.get(f"{m}_lr") is not None]
