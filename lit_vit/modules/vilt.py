@@ -435,7 +435,36 @@ class ViltRetrieval(ViltModule):
         self._eval_end("test")
 
 
-class ViltVQA(ViltModule):
+class ScoredSteps:
+    """The train / val / test steps of a fine-tuning task whose batch gives a loss and one score per example (VQA
+    score, NLVR2 accuracy): the class implements `loss_and_scores` and names its MeanMetric attributes
+    (`<stage>_<score_attr>`) and the logged metric (`<stage>/<score_name>`)."""
+
+    score_attr: str
+    score_name: str
+
+    def loss_and_scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        loss, scores = self.loss_and_scores(batch)
+        metric = getattr(self, f"{stage}_{self.score_attr}")
+        metric.update(scores)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/{self.score_name}", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+
+class ViltVQA(ScoredSteps, ViltModule):
     """Visual question answering as multi-label classification over the answer vocabulary (ViLT's recipe).
 
     The loss is binary cross-entropy on the soft scores (times the number of answers, as the official code); the
@@ -450,6 +479,7 @@ class ViltVQA(ViltModule):
     """
 
     monitor = ("val/vqa_score", "max")
+    score_attr, score_name = "score", "vqa_score"
     task_heads = ("vqa_head",)
     eval_heads = ("vqa_head",)
 
@@ -502,27 +532,14 @@ class ViltVQA(ViltModule):
             )
         return rows
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def loss_and_scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model.vqa_logits(self(batch)).float()
         targets = batch["targets"]
         loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
-        metric = getattr(self, f"{stage}_score")
-        metric.update(targets.gather(1, logits.argmax(1, keepdim=True))[:, 0])
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/vqa_score", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
+        return loss, targets.gather(1, logits.argmax(1, keepdim=True))[:, 0]
 
 
-class ViltNLVR2(ViltModule):
+class ViltNLVR2(ScoredSteps, ViltModule):
     """NLVR2 (is the statement true of the two images?) with ViLT's "pair" method: the encoder reads the statement
     with each image, the left image's tokens with modality type 1 and the right's with type 2 (a third row, started
     from the image row); the two pooled outputs, concatenated, go to Linear(2D, 2D) - LayerNorm - GELU - Linear(2D, 2)
@@ -536,6 +553,7 @@ class ViltNLVR2(ViltModule):
     """
 
     monitor = ("val/acc", "max")
+    score_attr, score_name = "acc", "acc"
     task_heads = ("nlvr2_head",)
     eval_heads = ("nlvr2_head",)
     data_task = "nlvr2"
@@ -562,20 +580,6 @@ class ViltNLVR2(ViltModule):
         right = self.model(ids, mask, batch["image_right"], batch["pixel_mask_right"], image_type=2)
         return self.model.nlvr2_logits(left, right).float()
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def loss_and_scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.pair_logits(batch)
-        loss = F.cross_entropy(logits, batch["label"])
-        metric = getattr(self, f"{stage}_acc")
-        metric.update((logits.argmax(1) == batch["label"]).float())
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
+        return F.cross_entropy(logits, batch["label"]), (logits.argmax(1) == batch["label"]).float()

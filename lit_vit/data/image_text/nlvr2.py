@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lit_vit.data.image_text.collate import pad_images, text_fields
 from lit_vit.data.image_text.datamodule import ImageTextDataModule
 from lit_vit.data.image_text.scenes import COLORS, SHAPES, Scenes
 from lit_vit.data.image_text.sources import ImageFiles, ImageSource
@@ -68,17 +69,6 @@ class PairStatementDataset(Dataset):
         }
 
 
-def pad_images(images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (C, h, w) padded to the largest height and width, with a pixel mask (1 on real pixels)."""
-    H, W = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
-    batch = torch.zeros(len(images), images[0].shape[0], H, W)
-    mask = torch.zeros(len(images), H, W, dtype=torch.long)
-    for b, im in enumerate(images):
-        batch[b, :, : im.shape[1], : im.shape[2]] = im
-        mask[b, : im.shape[1], : im.shape[2]] = 1
-    return batch, mask
-
-
 class PairStatementCollate:
     """Pads the left and the right images separately (each with its pixel mask) and tokenizes the statements."""
 
@@ -91,15 +81,12 @@ class PairStatementCollate:
             raise RuntimeError("every image pair of a batch was corrupt and skipped; check the image files")
         image, pixel_mask = pad_images([it["image"] for it in items])
         image_right, pixel_mask_right = pad_images([it["image_right"] for it in items])
-        text = self.tokenizer([it["text"] for it in items])
         return {
             "image": image,
             "pixel_mask": pixel_mask,
             "image_right": image_right,
             "pixel_mask_right": pixel_mask_right,
-            "text_ids": text.ids,
-            "text_mask": text.mask,
-            "word_ids": text.word_ids,
+            **text_fields(self.tokenizer, [it["text"] for it in items]),
             "label": torch.tensor([it["label"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
         }
