@@ -10,6 +10,7 @@ results.csv, the plots and report.md (lit_vit.ablation.plots) and prints the res
 """
 
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -124,6 +125,11 @@ def run_sweep(cli: SweepCLI) -> None:
         workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"))
         with SweepProgress(runs, mode, {w.process.pid: w.index for w in workers}, parallel=len(workers)):
             failed_workers = wait_for_workers(workers)
+        if failed_workers and all(w.process.returncode == 128 + signal.SIGINT for w in failed_workers):
+            # a terminal's Ctrl-C reached the workers (the whole process group) and each saved its run and exited
+            # 130; this process can miss its own KeyboardInterrupt (the signal landing between two polls of a
+            # finished wait): the sweep was interrupted all the same
+            raise SweepInterrupted()
     else:
         worker = os.environ.get(WORKER_ENV)
         with SweepProgress(runs, mode, {os.getpid(): int(worker) if worker else None}):
