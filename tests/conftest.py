@@ -71,3 +71,17 @@ def one_thread():
 @pytest.fixture
 def run_dir(tmp_path):
     return tmp_path / "run"
+
+
+def run_main(argv: list[str], capture) -> tuple[int | None, str]:
+    """`python -m lit_vit <argv>` in this process (lit_vit.cli.main): its exit status (0 when it returns) and what it
+    wrote to stderr; `capture` is pytest's capsys or capfd."""
+    from lit_vit.cli import main
+
+    capture.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    return code, capture.readouterr().err

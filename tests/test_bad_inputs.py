@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VIT, tiny_fit_args
+from conftest import TINY_VIT, run_main, tiny_fit_args
 from PIL import Image
 
 from lit_vit import run_folder
@@ -234,17 +234,6 @@ def run_cli(argv: list[str]) -> subprocess.CompletedProcess:
 CASE_NAMES = list(cases(Path("/w")))
 # the cases that also run as a true `python -m lit_vit` subprocess: one model error, one data error
 SUBPROCESS_CASES = ["embed_dim_0", "empty_class_folder"]
-
-
-def run_main(argv: list[str], capfd) -> tuple[int | None, str]:
-    """`main(argv)` in this process: its exit status (0 when it returns) and what it wrote to stderr."""
-    capfd.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    return code, capfd.readouterr().err
 
 
 def check_outcome(case: Case, before: dict, code: int | None, err: str) -> None:

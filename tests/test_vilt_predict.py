@@ -7,6 +7,7 @@ import json
 import pytest
 import test_vilt_modules
 import torch
+from conftest import run_main as run
 from PIL import Image
 from test_vilt_modules import cli_args, metrics
 
@@ -25,16 +26,6 @@ pretrain_run = test_vilt_modules.pretrain_run  # the tiny pre-training run of te
 # the model of test_vilt_modules.cli_args (its pre-training run), for the commands that do not fit
 TINY_MODEL = ["--model.model.init_args.embed_dim=32", "--model.model.init_args.depth=1",
               "--model.model.init_args.num_heads=2"]  # fmt: skip
-
-
-def run(args: list[str], capsys) -> tuple[int, str]:
-    """(exit status, stderr) of an in-process CLI command."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as err:
-        code = err.code
-    return code, capsys.readouterr().err
 
 
 def test_zero_shot_retrieval_ranks_every_pair_with_the_pretrained_itm_head(pretrain_run, tmp_path, capsys):
