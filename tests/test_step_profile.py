@@ -120,3 +120,9 @@ def test_bench_step_mode_needs_a_fit_config(tmp_path):
     bare.write_text(yaml.safe_dump(TINY_VIT))
     with pytest.raises(ConfigError, match="--mode step runs a fit config"):
         bench_main(["--config", str(bare), "--mode", "step", "--no-save"])
+
+
+def test_bench_step_mode_refuses_the_model_modes_batch_size(tmp_path):
+    config = tiny_fit_config(tmp_path / "fit.yaml", tmp_path / "never_written")
+    with pytest.raises(ConfigError, match="--batch-size sets the batch of the train / infer modes"):
+        bench_main(["--config", config, "--mode", "step", "--batch-size", "8", "--no-save"])

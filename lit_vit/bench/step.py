@@ -16,7 +16,8 @@ from lit_vit.errors import ConfigError
 DEFAULT_STEP_CONFIG = "experiments/quickstart.yaml"
 
 
-def fit_config(path: str | None) -> str:
+def read_fit_config(path: str | None) -> tuple[str, dict]:
+    """The path of the fit config `--mode step` runs (default experiments/quickstart.yaml) and its contents."""
     path = path or DEFAULT_STEP_CONFIG
     config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
@@ -24,14 +25,25 @@ def fit_config(path: str | None) -> str:
             f"--mode step runs a fit config, but {path} is not one (it needs model: and data: sections); give "
             f"--config <a fit config>, e.g. --config {DEFAULT_STEP_CONFIG}"
         )
-    return path
+    return path, config
+
+
+def fit_config(path: str | None) -> str:
+    return read_fit_config(path)[0]
 
 
 def step_args(args: Namespace, argv: list[str], root: str) -> list[str]:
     """The fit's command line: the bench's config with the --backbone* / --data* values given on the command line,
     trimmed to training."""
+    model_modes = {"train", "infer"} & set(args.mode)
+    if "--batch-size" in {arg.split("=", 1)[0] for arg in argv} and not model_modes:
+        raise ConfigError(
+            "--batch-size sets the batch of the train / infer modes; --mode step trains with the config's data: "
+            "give --data-batch-size N (or --data.init_args.batch_size N) instead"
+        )
+    path, config = read_fit_config(args.config)
     cli = [
-        f"--config={fit_config(args.config)}",
+        f"--config={path}",
         f"--trainer.default_root_dir={root}",
         f"--trainer.max_steps={args.warmup + args.profile_steps}",
         "--trainer.limit_val_batches=0",
@@ -46,7 +58,7 @@ def step_args(args: Namespace, argv: list[str], root: str) -> list[str]:
     ]
     if args.device.startswith("cuda:"):
         cli[-2] = f"--trainer.devices=[{int(args.device.split(':', 1)[1])}]"
-    if "ablation" in (yaml.safe_load(Path(fit_config(args.config)).read_text()) or {}):
+    if "ablation" in config:
         cli.append("--ablation=null")  # one run of the sweep's base config
     given = {arg.split("=", 1)[0].split(".", 1)[0] for arg in argv}
     if args.backbone is not None and "--backbone" in given:
