@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -365,16 +366,28 @@ def check_negative_numbers(argv: list[str]) -> None:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+
+    def command() -> None:
+        nonlocal argv
+        check_negative_numbers(argv)
+        if argv and argv[0] == "fit" and asks_for_sweep(argv[1:]):
+            argv = ["sweep", *argv[1:]]  # the sweep's own command: a sweep has no Trainer to fit
+        if argv and argv[0] in EXTRA_COMMANDS:
+            module, func = EXTRA_COMMANDS[argv[0]].split(":")
+            getattr(importlib.import_module(module), func)(argv[1:])
+        else:
+            LitViTCLI(args=args)
+
+    run_guarded(command)
+
+
+def run_guarded(command: Callable[[], None]) -> None:
+    """Run a command the way `python -m lit_vit` ends: a SIGTERM / Ctrl-C stop as exit 143 / 130 with one line, a
+    configuration or full-disk error as one `error:` line and exit 2 (SystemExit); the run-folder claims released.
+    Also the body of a sweep worker forked from the sweep's process (lit_vit.ablation.workers)."""
     try:
         try:
-            check_negative_numbers(argv)
-            if argv and argv[0] == "fit" and asks_for_sweep(argv[1:]):
-                argv = ["sweep", *argv[1:]]  # the sweep's own command: a sweep has no Trainer to fit
-            if argv and argv[0] in EXTRA_COMMANDS:
-                module, func = EXTRA_COMMANDS[argv[0]].split(":")
-                getattr(importlib.import_module(module), func)(argv[1:])
-            else:
-                LitViTCLI(args=args)
+            command()
         except SIGTERMException:
             # Lightning ends a fit stopped by SIGTERM with SystemExit(None), i.e. exit status 0, so a scheduler or a
             # `fit && test` script would take the run for finished. last.ckpt was written (LastCheckpoint.on_exception).

@@ -47,8 +47,11 @@ def two_workers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two_workers")
     root, path = two_variant_config(tmp)
     cmd = [sys.executable, "-m", "lit_vit", "sweep", "--config", path]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    # workers as new processes (where a GPU slice or another OS needs them); the other sweep tests fork them
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "LIT_VIT_WORKER_START": "subprocess"},
+                          timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("(new process)") == 2
     return {"root": root, "out": proc.stdout, "err": proc.stderr}
 
 

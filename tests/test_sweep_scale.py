@@ -96,10 +96,15 @@ def four_run_sweep(tmp_path, **trainer) -> tuple:
 @pytest.mark.slow
 def test_two_workers_share_the_runs_and_train_each_once(tmp_path):
     root, path = four_run_sweep(tmp_path)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    argv = [sys.executable, "-m", "lit_vit", "fit", f"--config={path}", "--ablation.workers=2"]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LIT_VIT_WORKER_START")}
+    # workers are forks of the sweep's process; a fork of a process whose OpenMP pool has threads hangs at its first
+    # multi-threaded op (libgomp), so the sweep checks its runs single-threaded. Two threads per worker and an MLP
+    # wide enough for a multi-threaded init (> 32768 weights) would hang here if it did not.
+    argv = [sys.executable, "-m", "lit_vit", "fit", f"--config={path}", "--ablation.workers=2", "--num_threads=2",
+            "--model.init_args.backbone.init_args.mlp_ratio=64"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("(fork), {'OMP_NUM_THREADS': '2'}") == 2
     logs = [(root / "logs" / f"worker{i}.log").read_text() for i in range(2)]
     per_worker = [trained_labels(log) for log in logs]
     trained = sorted(sum(per_worker, []))

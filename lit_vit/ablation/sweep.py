@@ -13,6 +13,9 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 from lightning import Trainer
@@ -36,6 +39,7 @@ from lit_vit.callbacks.progress import WORKER_ENV, read_progress
 from lit_vit.cli import LitViTCLI
 from lit_vit.errors import ConfigError
 from lit_vit.files import write_text_atomic
+from lit_vit.processes import torch_single_threaded
 from lit_vit.run_folder import is_primary_process
 
 SWEEP_HELP = """\
@@ -70,7 +74,7 @@ class SweepCLI(LitViTCLI):
 
 def main(argv: list[str]) -> None:
     """`python -m lit_vit sweep <options>`; Ctrl-C ends it with one line and exit status 130."""
-    try:
+    with interrupts_exit_130():
         with warnings.catch_warnings():  # Lightning warns when args are given while sys.argv holds others: ours are
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
             cli = SweepCLI(argv)
@@ -80,9 +84,30 @@ def main(argv: list[str]) -> None:
                 "or train a single run with python -m lit_vit fit --config <yaml>"
             )
         run_sweep(cli)
+
+
+@contextmanager
+def interrupts_exit_130() -> Iterator[None]:
+    """Ctrl-C (or a run stopped by it) ends the sweep, or a worker, with one line and exit status 130."""
+    try:
+        yield
     except (KeyboardInterrupt, SweepInterrupted):
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def work_as_worker(runs: list[Run], claims: bool, quiet: bool) -> None:
+    """A forked worker's work (lit_vit.ablation.workers): what `sweep --ablation.workers 1` does in a new process,
+    on the runs this process planned and checked, with the worker's torch threads."""
+    import torch
+
+    threads = int(os.environ["LIT_VIT_WORKER_THREADS"])
+    torch.set_num_threads(threads)
+    for run in runs:
+        run.config.num_threads = threads  # as the new process's --num_threads: each run's fit sets it again
+    with interrupts_exit_130():
+        with SweepProgress(runs, SweepProgress.mode_for(quiet), {os.getpid(): int(os.environ[WORKER_ENV])}):
+            train_runs(runs, [run.state for run in runs], True, claims)
 
 
 def run_sweep(cli: SweepCLI) -> None:
@@ -106,7 +131,9 @@ def run_sweep(cli: SweepCLI) -> None:
             f"ablation.workers {ablation.workers} runs single-process runs side by side; this config trains each "
             "run on several processes (devices / num_nodes / WORLD_SIZE): set workers: 1 for multi-device runs"
         )
-    validate_runs(cli.parser, runs)  # before anything is written: a sweep that cannot run leaves no folder behind
+    # before anything is written: a sweep that cannot run leaves no folder behind; single-threaded, as workers fork
+    with torch_single_threaded() if ablation.workers > 1 else nullcontext():
+        validate_runs(cli.parser, runs)
     if primary:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(sweep_dir / SWEEP_CONFIG, dumped)  # other processes may read it now (torchrun)
@@ -122,7 +149,8 @@ def run_sweep(cli: SweepCLI) -> None:
     mode = SweepProgress.mode_for(ablation.quiet) if primary else "quiet"
     failed_workers: list[Worker] = []
     if ablation.workers > 1:
-        workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"))
+        work = partial(work_as_worker, runs, claims, ablation.quiet)
+        workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"), work)
         with SweepProgress(runs, mode, {w.process.pid: w.index for w in workers}, parallel=len(workers)):
             failed_workers = wait_for_workers(workers)
         if failed_workers and all(w.process.returncode == 128 + signal.SIGINT for w in failed_workers):

@@ -1,8 +1,12 @@
 """`ablation.workers`: several sweep processes on this machine, each claiming runs one at a time.
 
-Each worker is `python -m lit_vit sweep --config <sweep dir>/sweep.yaml --ablation.workers 1` with its share of the
-machine (its own GPUs, or cpu_count / workers torch threads) and its output in `<sweep dir>/logs/worker<i>.log`. The
-process the user started waits for them and shows their runs' progress from the run folders (lit_vit.ablation.progress).
+Each worker trains runs with its share of the machine (its own GPUs, or cpu_count / workers torch threads) and its
+output in `<sweep dir>/logs/worker<i>.log`. On Linux without GPUs a worker is a fork of the sweep's process, made after
+the config is parsed and checked, so it starts training at once (a new Python process pays `import lightning` and the
+config parse again, ~10 s on a 2-core CPU); otherwise (GPUs: CUDA must not be set up before a fork; macOS / Windows:
+fork is unsafe there or missing; or LIT_VIT_WORKER_START=subprocess) it is `python -m lit_vit sweep --config <sweep
+dir>/sweep.yaml --ablation.workers 1`. The process the user started waits for them and shows their runs' progress from
+the run folders (lit_vit.ablation.progress).
 SIGTERM is passed on to the workers (each saves its run's last.ckpt; the sweep exits 143); Ctrl-C reaches them with the
 terminal's process group, or is passed on as SIGTERM when only this process got it (the sweep exits 130).
 """
@@ -12,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +24,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vit.ablation.plan import SWEEP_CONFIG
 from lit_vit.callbacks.progress import WORKER_ENV
+from lit_vit.errors import ConfigError
+from lit_vit.processes import ForkedProcess, fork_guarded, fork_is_safe
+
+START_ENV = "LIT_VIT_WORKER_START"  # fork | subprocess: how workers start (default: fork where it is safe)
 
 
 @dataclass
 class Worker:
     index: int
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess
     log: Path
 
     def last_error(self) -> str:
@@ -58,27 +67,47 @@ def worker_slices(workers: int, num_threads: int | None) -> list[dict[str, str]]
     return envs
 
 
-def start_workers(sweep_dir: Path, workers: int, num_threads: int | None) -> list[Worker]:
+def workers_fork(envs: list[dict[str, str]]) -> bool:
+    """Workers may be forks of this process: where a fork is safe (lit_vit.processes), no worker has its own GPUs
+    (CUDA_VISIBLE_DEVICES is read once per process), and not turned off with LIT_VIT_WORKER_START=subprocess."""
+    wanted = os.environ.get(START_ENV, "fork")
+    if wanted not in ("fork", "subprocess"):
+        raise ConfigError(f"{START_ENV}={wanted!r}: choose fork (the default where it is safe) or subprocess")
+    gpus = any("CUDA_VISIBLE_DEVICES" in env for env in envs)
+    return wanted == "fork" and not gpus and fork_is_safe()
+
+
+def start_workers(
+    sweep_dir: Path, workers: int, num_threads: int | None, work: Callable[[], None] | None = None
+) -> list[Worker]:
+    """Start the workers; `work` is what a forked worker runs (the training of the sweep's runs, under this process's
+    parsed config); without it, or where a fork is not safe, each worker is a new `python -m lit_vit sweep`."""
     logs = sweep_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    envs = worker_slices(workers, num_threads)
+    fork = work is not None and workers_fork(envs)
     started = []
-    for i, env in enumerate(worker_slices(workers, num_threads)):
-        argv = [
-            sys.executable,
-            "-m",
-            "lit_vit",
-            "sweep",
-            f"--config={sweep_dir / SWEEP_CONFIG}",
-            "--ablation.workers=1",
-        ]
-        argv.append(f"--num_threads={env.pop('LIT_VIT_WORKER_THREADS')}")
+    for i, env in enumerate(envs):
+        threads = env.pop("LIT_VIT_WORKER_THREADS")
         log = logs / f"worker{i}.log"
-        with open(log, "w") as out:  # the child keeps its own handle
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env, WORKER_ENV: str(i)}
-            )
+        env[WORKER_ENV] = str(i)
+        if fork:
+            proc = fork_guarded(work, {**env, "LIT_VIT_WORKER_THREADS": threads}, log)
+        else:
+            argv = [
+                sys.executable,
+                "-m",
+                "lit_vit",
+                "sweep",
+                f"--config={sweep_dir / SWEEP_CONFIG}",
+                "--ablation.workers=1",
+                f"--num_threads={threads}",
+            ]
+            with open(log, "w") as out:  # the child keeps its own handle
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
         started.append(Worker(i, proc, log))
-        print(f"worker {i}: pid {proc.pid}, {env}, log {log}", file=sys.stderr)
+        shown = {k: v for k, v in env.items() if k != WORKER_ENV}
+        print(f"worker {i}: pid {proc.pid} ({'fork' if fork else 'new process'}), {shown}, log {log}", file=sys.stderr)
     return started
 
 

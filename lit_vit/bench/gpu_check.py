@@ -8,10 +8,11 @@
   generated JPEG tree;
 - a ViLT-B/32 training step (image-text matching) at bf16-mixed;
 
-and writes OUT_DIR/summary.md and OUT_DIR/gpu_check.json. Each check runs in its own process with its own time limit,
-so one failure (out of memory, a compiler missing) is reported and the others still run. Without a GPU (or with
---cpu) the same checks run in a reduced CPU mode (small sizes, no torch.compile, no FSDP: torch's FSDP needs GPUs), so
-the command is tested where no GPU is, and works the first time one is lent.
+and writes OUT_DIR/summary.md and OUT_DIR/gpu_check.json. Each check runs in its own process (a new one on a GPU, a
+fork of this one in CPU mode) with its own time limit, so one failure (out of memory, a compiler missing) is reported
+and the others still run. Without a GPU (or with --cpu) the same checks run in a reduced CPU mode (small sizes, no
+torch.compile, no FSDP: torch's FSDP needs GPUs), so the command is tested where no GPU is, and works the first time
+one is lent.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import os
 import pickle
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from lit_vit.processes import fork_is_safe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,20 +194,25 @@ def plan(out: Path, gpu: bool) -> list[Check]:
     return checks
 
 
-def run_check(check: Check, log_dir: Path, deadline: float) -> dict:
+def run_check(check: Check, log_dir: Path, deadline: float, fork: bool = False) -> dict:
+    """Run one check as `python -m lit_vit <argv>` in its own process: a new one (GPU mode: one failure or leak cannot
+    touch the next check), or with `fork` a fork of this process, which has imported Lightning once for all checks."""
     timeout = max(1, min(check.timeout_s, int(deadline - time.monotonic())))
     before = len(check.output.read_text().splitlines()) if check.reads == "bench" and check.output.exists() else 0
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     log = log_dir / f"{check.name}.log"
     t0 = time.monotonic()
-    with log.open("w") as fh:
-        try:
-            rc = subprocess.run(
-                [sys.executable, "-m", "lit_vit", *check.argv], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                timeout=timeout,
-            ).returncode  # fmt: skip
-        except subprocess.TimeoutExpired:
-            rc = None
+    if fork:
+        rc = _run_forked(check.argv, env, log, timeout)
+    else:
+        with log.open("w") as fh:
+            try:
+                rc = subprocess.run(
+                    [sys.executable, "-m", "lit_vit", *check.argv], cwd=REPO, env={**os.environ, **env}, stdout=fh,
+                    stderr=subprocess.STDOUT, timeout=timeout,
+                ).returncode  # fmt: skip
+            except subprocess.TimeoutExpired:
+                rc = None
     result = {"name": check.name, "what": check.what, "command": ["python", "-m", "lit_vit", *check.argv],
               "wall_s": round(time.monotonic() - t0, 1), "log": str(log), "notes": check.notes}  # fmt: skip
     if rc != 0:
@@ -234,6 +243,26 @@ def run_check(check: Check, log_dir: Path, deadline: float) -> dict:
             steps=profile.get("steps"),
         )
     return result
+
+
+def _run_forked(argv: list[str], env: dict[str, str], log: Path, timeout: float) -> int | None:
+    """`python -m lit_vit <argv>` in a fork (lit_vit.processes); None when it ran past `timeout` (then killed)."""
+    from lit_vit.cli import main as cli_main
+    from lit_vit.processes import fork_guarded
+
+    def command() -> None:
+        os.chdir(REPO)
+        cli_main(argv)
+
+    proc = fork_guarded(command, env, log)
+    end = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > end:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return None
+        time.sleep(0.1)
+    return proc.returncode
 
 
 def fmt(value, spec: str) -> str:
@@ -303,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         from lit_vit.bench.data import write_jpeg_tree
 
         write_jpeg_tree(out / "jpegs", 256 if gpu else 16, 256 if gpu else 72)
+    # CPU mode: each check in a fork of this process, which imports Lightning once (not once per check); a GPU's
+    # checks each get a new process (CUDA must not be set up before a fork, and one check's failure stays its own)
+    fork = not gpu and fork_is_safe()
+    if fork:
+        import lit_vit.cli  # noqa: F401  (what every fork would import again)
     results = []
     for check in checks:
         if time.monotonic() >= deadline:
@@ -310,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                             "error": f"--budget-s {args.budget_s} spent", "log": "-", "notes": []})  # fmt: skip
             continue
         print(f"gpu_check: {check.name} ...", flush=True)
-        results.append(run_check(check, out / "logs", deadline))
+        results.append(run_check(check, out / "logs", deadline, fork))
         print(f"gpu_check: {check.name} {results[-1]['status']} ({results[-1]['wall_s']} s)", flush=True)
     from lit_vit.ablation.results import machine_info
 
