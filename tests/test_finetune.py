@@ -61,19 +61,25 @@ def features(model, x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-@pytest.mark.parametrize("kind", VIT_KINDS)
-def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_its_own_resize(kind, tmp_path):
-    a = trained_like(vit(16, kind))
+def load_at_16_and_24(build, kind: str, tmp_path, n: int) -> tuple:
+    """A trained-like model built at 16 px and saved as a checkpoint; loaded at 16 px it gives the same features, and
+    at 24 px (4x4 -> 6x6 grid) its stored position tables are resampled. Returns (model, path, 24-px model, report)."""
+    a = trained_like(build(16, kind))
     path = save_ckpt(a, tmp_path / "a.ckpt")
-    x16, x24 = torch.randn(3, 1, 16, 16), torch.randn(3, 1, 24, 24)
-
-    same = vit(16, kind, seed=1)
+    x16 = torch.randn(n, 1, 16, 16)
+    same = build(16, kind, seed=1)
     load_pretrained(same, path)
     torch.testing.assert_close(features(same, x16), features(a, x16), rtol=0, atol=0)
-
-    big = vit(24, kind, seed=1)  # 4x4 -> 6x6 patch grid
+    big = build(24, kind, seed=1)
     report = load_pretrained(big, path)
     assert report.resampled == (((4, 4), (6, 6)) if kind in STORED_KINDS else None)
+    return a, path, big, report
+
+
+@pytest.mark.parametrize("kind", VIT_KINDS)
+def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_its_own_resize(kind, tmp_path):
+    a, path, big, _ = load_at_16_and_24(vit, kind, tmp_path, n=3)
+    x16, x24 = torch.randn(3, 1, 16, 16), torch.randn(3, 1, 24, 24)
     resized = copy.deepcopy(a)
     resized.resize_pos_embed(24)
     for (name, p), (_, q) in zip(big.pos_embed.named_parameters(), resized.pos_embed.named_parameters()):
@@ -99,16 +105,9 @@ def test_vit_checkpoint_loads_at_the_same_size_unchanged_and_at_a_new_size_as_it
 
 @pytest.mark.parametrize("kind", VIT_KINDS)
 def test_hybrid_checkpoint_loads_at_a_new_size_as_its_own_resize(kind, tmp_path):
-    a = trained_like(hybrid(16, kind))
-    path = save_ckpt(a, tmp_path / "a.ckpt")
-    x16, x24 = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 24, 24)
-    same = hybrid(16, kind, seed=1)
-    load_pretrained(same, path)
-    torch.testing.assert_close(features(same, x16), features(a, x16), rtol=0, atol=0)
-    big = hybrid(24, kind, seed=1)  # 4x4 -> 6x6 token grid
-    report = load_pretrained(big, path)
+    a, _, big, report = load_at_16_and_24(hybrid, kind, tmp_path, n=2)
     assert report.family == "hybrid" and report.skipped_head == ["head.weight", "head.bias"]
-    assert report.resampled == (((4, 4), (6, 6)) if kind in STORED_KINDS else None)
+    x24 = torch.randn(2, 1, 24, 24)
     torch.testing.assert_close(features(big, x24), features(a, x24), rtol=1e-5, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -397,32 +398,35 @@ class DigitsDataModule(ImageDataModule):
         return ArrayDataset(images, targets, transform)
 
 
+@dataclass(frozen=True)
+class CIFARLayout:
+    """torchvision's on-disk CIFAR: the extracted folder, its archive, the pickled batch files and their keys."""
+
+    folder: str
+    archive: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str  # the batch file with the class names
+    labels: str  # the key of the labels in a batch
+    names: str  # the key of the class names in `meta`
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def url(self) -> str:
+        return f"https://www.cs.toronto.edu/~kriz/{self.archive}"
+
+
 CIFAR_LAYOUT = {
-    "cifar10": dict(
-        folder="cifar-10-batches-py",
-        archive="cifar-10-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        train=[f"data_batch_{i}" for i in range(1, 6)],
-        test=["test_batch"],
-        meta="batches.meta",
-        labels="labels",
-        names="label_names",
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+    "cifar10": CIFARLayout(
+        "cifar-10-batches-py", "cifar-10-python.tar.gz", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+        "batches.meta", "labels", "label_names", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
     ),
-    "cifar100": dict(
-        folder="cifar-100-python",
-        archive="cifar-100-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        train=["train"],
-        test=["test"],
-        meta="meta",
-        labels="fine_labels",
-        names="fine_label_names",
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
+    "cifar100": CIFARLayout(
+        "cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",),
+        "meta", "fine_labels", "fine_label_names", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
     ),
-}
+}  # fmt: skip
 
 
 class CIFARDataModule(ImageDataModule):
@@ -453,26 +457,26 @@ class CIFARDataModule(ImageDataModule):
         super().__init__(img_size=img_size, augment=augment, **kwargs)
         self.name, self.val_size, self.download = name, val_size, download
         self.layout = CIFAR_LAYOUT[name]
-        self.default_mean, self.default_std = self.layout["mean"], self.layout["std"]
+        self.default_mean, self.default_std = self.layout.mean, self.layout.std
         self._class_names: list[str] | None = None
 
     @property
     def folder(self) -> Path:
-        return self.root / self.layout["folder"]
+        return self.root / self.layout.folder
 
     def _missing(self) -> list[str]:
-        files = [*self.layout["train"], *self.layout["test"], self.layout["meta"]]
+        files = [*self.layout.train, *self.layout.test, self.layout.meta]
         return [f for f in files if not (self.folder / f).is_file()]
 
     def prepare_data(self) -> None:
         if not self._missing():
             return
-        archive = self.root / self.layout["archive"]
+        archive = self.root / self.layout.archive
         if not archive.is_file() and self.download:
             try:
                 from torchvision.datasets.utils import download_url
 
-                download_url(self.layout["url"], str(self.root), self.layout["archive"])
+                download_url(self.layout.url, str(self.root), self.layout.archive)
             except Exception:  # no network: fall through to the clear error below
                 pass
         if archive.is_file():
@@ -481,7 +485,7 @@ class CIFARDataModule(ImageDataModule):
         if self._missing():
             raise ConfigError(
                 f"{self.name} not found: missing {', '.join(self._missing())} in {self.folder}. Place "
-                f"{self.layout['archive']} (from {self.layout['url']}) in {self.root}/ or extract it there so that "
+                f"{self.layout.archive} (from {self.layout.url}) in {self.root}/ or extract it there so that "
                 f"{self.folder}/ exists, or set --data.init_args.root to the folder that holds it"
             )
 
@@ -489,20 +493,20 @@ class CIFARDataModule(ImageDataModule):
     def class_names(self) -> list[str]:
         if self._class_names is None:
             self.prepare_data()
-            self._class_names = list(load_pickle_batch(self.folder / self.layout["meta"])[self.layout["names"]])
+            self._class_names = list(load_pickle_batch(self.folder / self.layout.meta)[self.layout.names])
         return self._class_names
 
     def _read(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batches = [load_pickle_batch(self.folder / f) for f in files]
         images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        targets = np.concatenate([np.asarray(b[self.layout["labels"]]) for b in batches])
+        targets = np.concatenate([np.asarray(b[self.layout.labels]) for b in batches])
         return np.ascontiguousarray(images), targets.astype(np.int64)
 
     def build_split(self, split: str, transform) -> ArrayDataset:
         self.prepare_data()
         if split == "test" or (split == "val" and self.val_size == 0):
-            return ArrayDataset(*self._read(self.layout["test"]), transform)
-        images, targets = self._read(self.layout["train"])
+            return ArrayDataset(*self._read(self.layout.test), transform)
+        images, targets = self._read(self.layout.train)
         if self.val_size >= len(targets):
             raise ConfigError(f"val_size {self.val_size} leaves no training images (train has {len(targets)})")
         order = np.random.default_rng(0).permutation(len(targets))

@@ -60,7 +60,9 @@ class HybridEmbed(nn.Module):
         padding: str = "same",
     ) -> None:
         super().__init__()
-        self.backbone, feature_dim, stride = build_resnet(layers, widths, in_chans, stem_width, num_groups, padding)
+        self.backbone, feature_dim, stride = build_resnet(
+            layers, widths, in_chans=in_chans, stem_width=stem_width, num_groups=num_groups, padding=padding
+        )
         self.in_chans, self.feature_stride, self.feature_patch = in_chans, stride, feature_patch
         self.layers, self.widths, self.stem_width = tuple(layers), tuple(widths[: len(layers)]), stem_width
         self.num_groups, self.padding = num_groups, padding

@@ -8,6 +8,7 @@ stride > 1) or PyTorch's symmetric k // 2.
 """
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -202,15 +203,12 @@ def init_resnet(module: nn.Module) -> None:
 
 
 def build_resnet(
-    layers: tuple[int, ...] | list[int],
-    widths: tuple[int, ...] | list[int],
-    in_chans: int = 3,
-    stem_width: int = 64,
-    num_groups: int = 32,
-    padding: str = "same",
+    layers: tuple[int, ...] | list[int], widths: tuple[int, ...] | list[int], **options: Any
 ) -> tuple[nn.Module, int, int]:
-    """The CNN part of a hybrid and its (output channels, stride): a ResNetV2, or the bare stem when `layers` is
-    empty (timm's R-Ti: then the stem's conv / norm sit directly under the returned module, as in timm)."""
+    """The CNN part of a hybrid and its (output channels, stride): a ResNetV2 (`options`: its in_chans, stem_width,
+    num_groups, padding), or the bare stem when `layers` is empty (timm's R-Ti: then the stem's conv / norm sit
+    directly under the returned module, as in timm)."""
+    padding = options.get("padding", "same")
     if padding not in PADDINGS:
         raise ConfigError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     if any(d < 1 for d in layers):
@@ -223,9 +221,11 @@ def build_resnet(
             "give one width per stage"
         )
     if layers:
-        net = ResNetV2(layers, widths, in_chans, stem_width, num_groups, padding)
+        net = ResNetV2(layers, widths, **options)
         out, stride = net.num_features, 4 * 2 ** (len(layers) - 1)
     else:
-        net, out, stride = ResNetStem(in_chans, stem_width, num_groups, padding), stem_width, 4
+        stem = {"width" if k == "stem_width" else k: v for k, v in options.items()}
+        net = ResNetStem(**stem)
+        out, stride = net.norm.num_channels, 4
     init_resnet(net)
     return net, out, stride

@@ -275,11 +275,8 @@ class T2TViT(TokenEncoder, nn.Module):
         self.num_classes = num_classes
         self.head = linear_head(self.embed_dim, num_classes, zero_init)
 
-    def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
-        """Resample the position embedding to the token grid of a new training image size."""
-        self.img_size = to_2tuple(img_size)
-        self.grid = t2t_grid(self.img_size)
-        self.pos_embed.resize(self.grid)
+    def token_grid(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return t2t_grid(img_size)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the first block: [class token; T2T tokens] + position embedding, and the token grid."""
@@ -287,13 +284,6 @@ class T2TViT(TokenEncoder, nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(self.pos_embed(x, grid)), grid
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid = self.embed(x)
-        return self.norm(self.run_blocks(x, grid)[0])
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0]
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

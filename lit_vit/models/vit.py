@@ -122,11 +122,8 @@ class VisionTransformer(TokenEncoder, nn.Module):
         self.num_classes = num_classes
         self.head = linear_head(self.embed_dim, num_classes, zero_init)
 
-    def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
-        """Resample position embeddings to the patch grid of a new training image size."""
-        self.img_size = to_2tuple(img_size)
-        self.grid = grid_size(self.img_size, self.patch_embed.patch_size)
-        self.pos_embed.resize(self.grid)
+    def token_grid(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return grid_size(img_size, self.patch_embed.patch_size)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens entering the first block: [class token; patches] + position embedding, and the patch grid."""
@@ -134,10 +131,6 @@ class VisionTransformer(TokenEncoder, nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(self.pos_embed(x, grid)), grid
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid = self.embed(x)
-        return self.norm(self.run_blocks(x, grid)[0])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.pool == "cls":
@@ -148,9 +141,6 @@ class VisionTransformer(TokenEncoder, nn.Module):
             x = self.attn_pool(x[:, self.num_prefix_tokens :])
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _factory(variant: str):

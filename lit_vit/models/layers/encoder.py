@@ -1,8 +1,11 @@
-"""The block stack of a token encoder (ViT, its hybrid, T2T-ViT) and timm's conveniences on it: intermediate block
-outputs (`forward_intermediates`) and gradient checkpointing per block (`set_grad_checkpointing`)."""
+"""The block stack of a token encoder (ViT, its hybrid, T2T-ViT), its forward and position-table resize, and timm's
+conveniences on it: intermediate block outputs (`forward_intermediates`) and gradient checkpointing per block
+(`set_grad_checkpointing`)."""
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from lit_vit.models.layers.patch_embed import to_2tuple
 
 
 def take_indices(depth: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
@@ -26,6 +29,23 @@ class TokenEncoder:
     maps."""
 
     grad_checkpointing: bool = False
+
+    def token_grid(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid of an image size (patches, or the T2T module's soft splits)."""
+        raise NotImplementedError
+
+    def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
+        """Resample the position embedding to the token grid of a new training image size."""
+        self.img_size = to_2tuple(img_size)
+        self.grid = self.token_grid(self.img_size)
+        self.pos_embed.resize(self.grid)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid = self.embed(x)
+        return self.norm(self.run_blocks(x, grid)[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass while training (less memory, ~30% more compute);
