@@ -55,25 +55,6 @@ def test_top_level_help_imports_no_lightning():
     assert not {m for m in imported if m.split(".")[0] in ("lightning", "torch", "jsonargparse")}
 
 
-@pytest.mark.slow
-def test_the_cli_imports_no_datamodule_until_one_is_used():
-    # lit_vit.data imports its DataModules on first use: the CLI's own import (the few-shot callback reads
-    # lit_vit.data.protocols) must not pull in albumentations, OpenCV and every DataModule (~0.6 s of each command)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import lit_vit.cli"], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
-    assert "lit_vit.data.protocols" in imported
-    assert not {m for m in imported if m.split(".")[0] in ("albumentations", "cv2")}
-    assert "lit_vit.data.classification" not in imported
-
-
-@pytest.mark.slow
-def test_lightning_subcommand_usage_names_python_m_lit_vit():
-    assert help_text("fit").startswith("usage: python -m lit_vit [options] fit ")
-
-
 @pytest.mark.parametrize(
     "argv",
     [

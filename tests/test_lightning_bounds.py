@@ -2,8 +2,6 @@
 range, and the CLI stops with a one-line error outside it (lit_vit relies on a few private Lightning names)."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning
@@ -62,20 +60,6 @@ def test_the_cli_stops_with_one_line_before_it_parses_anything(monkeypatch, caps
 
 
 @pytest.mark.slow  # a python subprocess importing lit_vit (about 10 s on 2 busy cores)
-def test_importing_lit_vit_patches_nothing_until_asked():
-    """The SIGTERM fix is applied by the CLI or by lit_vit.patch_lightning(), never as a side effect of an import."""
-    code = (
-        "import lit_vit.cli, lit_vit.modules\n"
-        "from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector as S\n"
-        "before = S._sigterm_notifier_fn.__module__\n"
-        "import lit_vit\n"
-        "lit_vit.patch_lightning()\n"
-        "print(before, S._sigterm_notifier_fn.__module__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["lightning.pytorch.trainer.connectors.signal_connector", "lit_vit.lightning_compat"]
-
-
 def pinned_versions() -> dict[str, Version]:
     lines = CONSTRAINTS.read_text().splitlines()
     pins = [line.split("#")[0].strip().split("==") for line in lines if "==" in line.split("#")[0]]
