@@ -271,7 +271,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_the_resumed_run_equals_an_uninterru
     common = dict(max_epochs=2, limit_batches=12)
     ref, run = tmp_path / "ref", tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
-    subprocess.run([sys.executable, "-m", "lit_vit", *tiny_fit_args(ref, *opts, **common)], env=env, check=True)
+    main(tiny_fit_args(ref, *opts, **common))  # the reference and the resume in this process; the Ctrl-C in its own
     argv = [sys.executable, "-m", "lit_vit", *tiny_fit_args(run, *opts, _callbacks(slow), **common)]
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -284,8 +284,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_the_resumed_run_equals_an_uninterru
     assert "interrupted (Ctrl-C)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
     stopped = ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < stopped < 24
-    subprocess.run([sys.executable, "-m", "lit_vit", *tiny_fit_args(run, *opts, "--ckpt_path=last", **common)],
-                   env=env, check=True)  # fmt: skip
+    main(tiny_fit_args(run, *opts, "--ckpt_path=last", **common))
     a, b = ckpt(ref / "checkpoints" / "last.ckpt"), ckpt(run / "checkpoints" / "last.ckpt")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     steps = lambda d: [(r["step"], r["train/loss"]) for r in metrics(d) if r.get("train/loss")]  # noqa: E731
