@@ -136,15 +136,19 @@ def test_a_fit_into_a_folder_held_by_a_live_process_is_refused_naming_it(tmp_pat
 @pytest.mark.slow
 def test_two_fits_started_together_into_one_folder_one_trains_the_other_names_the_holder(tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "lit_vit", *tiny_fit_args(run, max_epochs=2)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    slow = {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "run", "seconds": 0.4}}
+    argv = [sys.executable, "-m", "lit_vit", *tiny_fit_args(run, _callbacks(slow), max_epochs=2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in outs)
     assert codes == [0, 2], outs
     refused = next(err for code, err in outs if code == 2)
     winner = next(p for p, (code, _) in zip(procs, outs) if code == 0)
-    assert f"pid {winner.pid}" in refused and "Traceback" not in refused
+    assert "Traceback" not in refused and len(refused.strip().splitlines()) == 1, refused
+    # the race (the winner trains for >= 3 s, 8 slow steps): the loser names it; on a machine so loaded that one
+    # process finished before the other had imported Lightning, the loser finds a finished run instead
+    assert f"pid {winner.pid}" in refused or "already holds a run" in refused, refused
     rows = metrics(run)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 3, 5, 7]  # one run's rows, in order
     val = [float(r["val/acc1"]) for r in rows if r.get("val/acc1")]
