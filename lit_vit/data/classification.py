@@ -36,6 +36,7 @@ from lit_vit.data.datasets import (
     load_pickle_batch,
     read_image,
 )
+from lit_vit.data.digits import SPLIT_SIZES, digits_split
 from lit_vit.data.sampling import ResumableDataModule
 from lit_vit.data.transforms import eval_transform, resize_transform, train_transform
 from lit_vit.errors import BadImageError, ConfigError
@@ -339,7 +340,7 @@ class DigitsDataModule(ImageDataModule):
     pad-and-crop augmentation.
     """
 
-    SPLIT_SIZES = {"train": 1257, "val": 270, "test": 270}
+    SPLIT_SIZES = SPLIT_SIZES
 
     def __init__(
         self,
@@ -368,23 +369,9 @@ class DigitsDataModule(ImageDataModule):
         return 1
 
     def arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The fixed split as (N, 8, 8, 1) uint8 images and int targets."""
+        """The fixed split as (N, 8, 8, 1) uint8 images and int targets (lit_vit.data.digits)."""
         if self._arrays is None:
-            from sklearn.datasets import load_digits
-
-            digits = load_digits()
-            images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-            targets = digits.target.astype(np.int64)
-            rng = np.random.default_rng(0)
-            parts: dict[str, list[int]] = {k: [] for k in self.SPLIT_SIZES}
-            for c in range(10):  # stratified: each split gets the class proportions of the whole set
-                idx = rng.permutation(np.flatnonzero(targets == c))
-                n_val = round(len(idx) * self.SPLIT_SIZES["val"] / len(targets))
-                n_test = round(len(idx) * self.SPLIT_SIZES["test"] / len(targets))
-                parts["val"] += idx[:n_val].tolist()
-                parts["test"] += idx[n_val : n_val + n_test].tolist()
-                parts["train"] += idx[n_val + n_test :].tolist()
-            self._arrays = {k: (images[np.sort(v)], targets[np.sort(v)]) for k, v in parts.items()}
+            self._arrays = digits_split()
         return self._arrays
 
     def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
