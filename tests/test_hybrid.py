@@ -65,23 +65,26 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-# the big two run at 128 px (same weights, a smaller token grid) to keep the test fast on a CPU
+# the big two run at 128 px (same weights, a smaller token grid) and R50+ViT-L/32 with 4 of its 24 blocks (every
+# block has the same layout; its full size is checked by the parameter counts) to keep the test fast on a CPU
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "timm_name, size",
+    "timm_name, size, depth",
     [
-        ("vit_tiny_r_s16_p8_224", 224),
-        ("vit_small_r26_s32_224", 224),
-        ("vit_base_r50_s16_224", 128),
-        ("vit_large_r50_s32_224", 128),
+        ("vit_tiny_r_s16_p8_224", 224, None),
+        ("vit_small_r26_s32_224", 224, None),
+        ("vit_base_r50_s16_224", 128, None),
+        ("vit_large_r50_s32_224", 128, 4),
     ],
 )
-def test_outputs_equal_timm_for_the_same_random_weights(tmp_path, timm_name, size):
+def test_outputs_equal_timm_for_the_same_random_weights(tmp_path, timm_name, size, depth):
     # built on the meta device and materialised empty: every parameter is then set by randomise / the loader, and the
-    # two inits of a 330M-parameter model are skipped
+    # two inits of a big model are skipped
+    blocks = {} if depth is None else {"depth": depth}
     with torch.device("meta"):
-        ref = timm.create_model(timm_name, pretrained=False, num_classes=10, img_size=size)
-        ours = HybridViT(timm_name, num_classes=10, img_size=size)
+        ref = timm.create_model(timm_name, pretrained=False, num_classes=10, img_size=size, **blocks)
+        ours = HybridViT(timm_name, num_classes=10, img_size=size, **blocks)
+    assert len(ours.blocks) == len(ref.blocks) == (depth or len(ref.blocks))
     ref = randomise(ref.to_empty(device="cpu")).eval()
     assert not list(ref.buffers()) and not list(ours.buffers())  # nothing left uninitialised by to_empty
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
