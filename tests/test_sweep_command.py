@@ -79,6 +79,16 @@ def test_the_table_of_a_sweep_printed_to_a_file_holds_every_name_and_number(two_
 
 
 @pytest.mark.slow
+def test_the_workers_train_each_run_once_and_release_every_claim(two_workers):
+    root = two_workers["root"]
+    logs = [(root / "logs" / f"worker{i}.log").read_text() for i in range(2)]
+    trained = sorted(sum((re.findall(r"run \d+/\d+ (\S+ seed=\d+): started", log) for log in logs), []))
+    assert trained == ["learned_1d seed=0", "none seed=0"]  # each run once, by one of the two workers
+    assert "OMP_NUM_THREADS" in two_workers["err"] and not list(root.rglob("claim.json"))
+    assert (root / "accuracy.png").is_file() and (root / "results.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.slow
 def test_worker_logs_hold_no_lightning_tip_and_none_of_the_three_warnings(two_workers):
     logs = sorted((two_workers["root"] / "logs").glob("worker*.log"))
     assert len(logs) == 2
@@ -188,6 +198,17 @@ def test_an_impossible_fewshot_shot_count_is_refused_before_any_worker_starts(tm
     assert not root.exists()  # no sweep.yaml, no logs: nothing was started
 
 
+def test_an_unknown_worker_start_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    root, path = two_variant_config(tmp_path)
+    monkeypatch.setenv("LIT_VIT_WORKER_START", "spawn")
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", path])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("error: LIT_VIT_WORKER_START='spawn': choose fork") and "subprocess" in line, line
+    assert not root.exists()
+
+
 def test_a_run_folder_removed_while_the_sweep_trains_it_fails_alone_in_one_line(tmp_path, capsys):
     root = tmp_path / "out"
     remove = {"class_path": "_ablation_callbacks.RemoveRunFolder", "init_args": {"run": "none/seed=0", "step": 2}}
@@ -212,8 +233,13 @@ def test_a_run_folder_removed_while_the_sweep_trains_it_fails_alone_in_one_line(
 def test_ctrl_c_of_a_two_worker_sweep_saves_both_runs_and_exits_130_in_one_line(tmp_path):
     slow = {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "seed=0", "seconds": 0.05}}
     root, path = two_variant_config(tmp_path, limit_train_batches=400, max_epochs=1, callbacks=[slow])
-    cmd = [sys.executable, "-m", "lit_vit", "sweep", "--config", path, "--checkpoint_every_n_steps=1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    # the workers are forks of the sweep's process (the default here). A fork of a process whose OpenMP pool has
+    # threads hangs at its first multi-threaded op, so the sweep checks its runs single-threaded: two threads per
+    # worker and an MLP wide enough for a multi-threaded init (> 32768 weights) would hang here if it did not
+    cmd = [sys.executable, "-m", "lit_vit", "sweep", "--config", path, "--checkpoint_every_n_steps=1000",
+           "--num_threads=2", "--model.init_args.backbone.init_args.mlp_ratio=64"]  # fmt: skip
+    env = {k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "LIT_VIT_WORKER_START")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # fmt: skip
     runs = [root / "none" / "seed=0", root / "learned_1d" / "seed=0"]
     deadline = time.monotonic() + 300
@@ -224,6 +250,7 @@ def test_ctrl_c_of_a_two_worker_sweep_saves_both_runs_and_exits_130_in_one_line(
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
+    assert err.count("(fork), {'OMP_NUM_THREADS': '2'}") == 2, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     for run in runs:  # each worker saved its run where it stopped

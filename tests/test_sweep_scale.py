@@ -92,28 +92,6 @@ def four_run_sweep(tmp_path, **trainer) -> tuple:
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_runs_and_train_each_once(tmp_path):
-    root, path = four_run_sweep(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LIT_VIT_WORKER_START")}
-    # workers are forks of the sweep's process; a fork of a process whose OpenMP pool has threads hangs at its first
-    # multi-threaded op (libgomp), so the sweep checks its runs single-threaded. Two threads per worker and an MLP
-    # wide enough for a multi-threaded init (> 32768 weights) would hang here if it did not.
-    argv = [sys.executable, "-m", "lit_vit", "fit", f"--config={path}", "--ablation.workers=2", "--num_threads=2",
-            "--model.init_args.backbone.init_args.mlp_ratio=64"]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("(fork), {'OMP_NUM_THREADS': '2'}") == 2
-    logs = [(root / "logs" / f"worker{i}.log").read_text() for i in range(2)]
-    per_worker = [trained_labels(log) for log in logs]
-    trained = sorted(sum(per_worker, []))
-    assert trained == sorted(["none seed=0", "learned_1d seed=0", "none seed=1", "learned_1d seed=1"])  # each once
-    assert all(per_worker), per_worker  # both workers trained
-    assert "OMP_NUM_THREADS" in proc.stderr and len(read_results(root)) == 4
-    assert not list(root.rglob("claim.json"))  # every claim released
-    assert (root / "accuracy.png").is_file()
-
-
-@pytest.mark.slow
 def test_two_sweep_processes_on_one_folder_never_train_the_same_run(tmp_path):
     """What two hosts (or a SLURM job array) sharing the sweep folder do: the same command, started twice."""
     root, path = four_run_sweep(tmp_path)

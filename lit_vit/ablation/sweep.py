@@ -34,7 +34,7 @@ from lit_vit.ablation.progress import SweepProgress
 from lit_vit.ablation.results import collect, write_results
 from lit_vit.ablation.runs import SweepInterrupted, failure, train_runs
 from lit_vit.ablation.summary import print_summary
-from lit_vit.ablation.workers import Worker, start_workers, wait_for_workers
+from lit_vit.ablation.workers import Worker, start_workers, wait_for_workers, worker_start
 from lit_vit.callbacks.progress import WORKER_ENV, read_progress
 from lit_vit.cli import LitViTCLI
 from lit_vit.errors import ConfigError
@@ -131,6 +131,8 @@ def run_sweep(cli: SweepCLI) -> None:
             f"ablation.workers {ablation.workers} runs single-process runs side by side; this config trains each "
             "run on several processes (devices / num_nodes / WORLD_SIZE): set workers: 1 for multi-device runs"
         )
+    if ablation.workers > 1:
+        worker_start()  # a bad LIT_VIT_WORKER_START stops here, before anything is written
     # before anything is written: a sweep that cannot run leaves no folder behind; single-threaded, as workers fork
     with torch_single_threaded() if ablation.workers > 1 else nullcontext():
         validate_runs(cli.parser, runs)

@@ -70,11 +70,19 @@ def worker_slices(workers: int, num_threads: int | None) -> list[dict[str, str]]
 def workers_fork(envs: list[dict[str, str]]) -> bool:
     """Workers may be forks of this process: where a fork is safe (lit_vit.processes), no worker has its own GPUs
     (CUDA_VISIBLE_DEVICES is read once per process), and not turned off with LIT_VIT_WORKER_START=subprocess."""
+    gpus = any("CUDA_VISIBLE_DEVICES" in env for env in envs)
+    return worker_start() == "fork" and not gpus and fork_is_safe()
+
+
+def worker_start() -> str:
+    """How workers start, from LIT_VIT_WORKER_START: fork (the default; where it is safe) or subprocess."""
     wanted = os.environ.get(START_ENV, "fork")
     if wanted not in ("fork", "subprocess"):
-        raise ConfigError(f"{START_ENV}={wanted!r}: choose fork (the default where it is safe) or subprocess")
-    gpus = any("CUDA_VISIBLE_DEVICES" in env for env in envs)
-    return wanted == "fork" and not gpus and fork_is_safe()
+        raise ConfigError(
+            f"{START_ENV}={wanted!r}: choose fork (the default, where it is safe) or subprocess (a new Python process "
+            "per worker), or unset it"
+        )
+    return wanted
 
 
 def start_workers(
