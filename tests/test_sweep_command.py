@@ -89,6 +89,16 @@ def test_the_workers_train_each_run_once_and_release_every_claim(two_workers):
 
 
 @pytest.mark.slow
+def test_a_rerun_of_the_finished_sweep_starts_no_worker_and_redraws_the_results(two_workers, capsys):
+    logs = {p.name: p.read_text() for p in (two_workers["root"] / "logs").glob("worker*.log")}
+    main(["sweep", "--config", str(two_workers["root"].parent / "sweep.yaml")])
+    err = capsys.readouterr().err
+    assert "2 finished (skipped), 0 to resume, 0 to start; 2 workers" in err and "worker 0" not in err, err
+    assert {p.name: p.read_text() for p in (two_workers["root"] / "logs").glob("worker*.log")} == logs  # untouched
+    assert "results:" in err and (two_workers["root"] / "report.md").is_file()
+
+
+@pytest.mark.slow
 def test_worker_logs_hold_no_lightning_tip_and_none_of_the_three_warnings(two_workers):
     logs = sorted((two_workers["root"] / "logs").glob("worker*.log"))
     assert len(logs) == 2

@@ -150,9 +150,12 @@ def run_sweep(cli: SweepCLI) -> None:
     )
     mode = SweepProgress.mode_for(ablation.quiet) if primary else "quiet"
     failed_workers: list[Worker] = []
-    if ablation.workers > 1:
+    todo = len(runs) - states.count("finished")
+    if ablation.workers > 1 and todo == 0:
+        pass  # a rerun of a finished sweep: no worker to start, the results and plots are written below
+    elif ablation.workers > 1:
         work = partial(work_as_worker, runs, claims, ablation.quiet)
-        workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"), work)
+        workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"), work, count=todo)
         with SweepProgress(runs, mode, {w.process.pid: w.index for w in workers}, parallel=len(workers)):
             failed_workers = wait_for_workers(workers)
         if failed_workers and all(w.process.returncode == 128 + signal.SIGINT for w in failed_workers):

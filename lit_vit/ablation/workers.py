@@ -86,13 +86,19 @@ def worker_start() -> str:
 
 
 def start_workers(
-    sweep_dir: Path, workers: int, num_threads: int | None, work: Callable[[], None] | None = None
+    sweep_dir: Path,
+    workers: int,
+    num_threads: int | None,
+    work: Callable[[], None] | None = None,
+    count: int | None = None,
 ) -> list[Worker]:
     """Start the workers; `work` is what a forked worker runs (the training of the sweep's runs, under this process's
-    parsed config); without it, or where a fork is not safe, each worker is a new `python -m lit_vit sweep`."""
+    parsed config); without it, or where a fork is not safe, each worker is a new `python -m lit_vit sweep`. With
+    `count` (the runs left to train) only the first `count` of the `workers` start, each with the share of the
+    machine it has among all `workers` (a run's numbers depend on its thread count)."""
     logs = sweep_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    envs = worker_slices(workers, num_threads)
+    envs = worker_slices(workers, num_threads)[: count or workers]
     fork = work is not None and workers_fork(envs)
     started = []
     for i, env in enumerate(envs):
