@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from lit_vit.data.transforms import train_transform
 from lit_vit.errors import ConfigError
+from lit_vit.options import options_from
 
 if TYPE_CHECKING:  # albumentations is imported by lit_vit.data.transforms, which keeps it off the network
     import albumentations as A
@@ -88,15 +89,7 @@ class AugmentPolicy:
 
 def as_policy(value: "AugmentPolicy | dict | None") -> AugmentPolicy | None:
     """The policy from a dataclass or its dict (hyperparameters read back from a checkpoint or a YAML)."""
-    if value is None or isinstance(value, AugmentPolicy):
-        return value
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(AugmentPolicy.__dataclass_fields__))
-        if unknown:
-            known = ", ".join(AugmentPolicy.__dataclass_fields__)
-            raise ConfigError(f"unknown augment_policy option(s) {unknown}; choose from {known}")
-        return AugmentPolicy(**value)
-    raise ConfigError(f"augment_policy must be a mapping of options or null, got {type(value).__name__}")
+    return options_from(AugmentPolicy, value, "augment_policy")
 
 
 class NoisyRandAugment(v2.RandAugment):

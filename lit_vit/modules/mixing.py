@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from lit_vit.errors import ConfigError
+from lit_vit.options import options_from
 
 
 @dataclass
@@ -50,14 +51,7 @@ class Mixup:
 
 def as_mixup(value: "Mixup | dict | None") -> Mixup | None:
     """The options from a dataclass or its dict (hyperparameters read back from a checkpoint)."""
-    if value is None or isinstance(value, Mixup):
-        return value
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(Mixup.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown mixup option(s) {unknown}; choose from {', '.join(Mixup.__dataclass_fields__)}")
-        return Mixup(**value)
-    raise ConfigError(f"mixup must be a mapping of options or null, got {type(value).__name__}")
+    return options_from(Mixup, value, "mixup")
 
 
 class BatchMixer(nn.Module):
