@@ -240,7 +240,8 @@ def test_a_run_folder_removed_while_the_sweep_trains_it_fails_alone_in_one_line(
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_a_two_worker_sweep_saves_both_runs_and_exits_130_in_one_line(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+def test_a_stopped_two_worker_sweep_saves_both_runs_and_exits_in_one_line(tmp_path, stop):
     slow = {"class_path": "_ablation_callbacks.SlowSteps", "init_args": {"run": "seed=0", "seconds": 0.05}}
     root, path = two_variant_config(tmp_path, limit_train_batches=400, max_epochs=1, callbacks=[slow])
     # the workers are forks of the sweep's process (the default here). A fork of a process whose OpenMP pool has
@@ -257,11 +258,18 @@ def test_ctrl_c_of_a_two_worker_sweep_saves_both_runs_and_exits_130_in_one_line(
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     time.sleep(1.5)  # a few steps into both runs (157 steps of >= 0.05 s each)
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
+    if stop == "ctrl_c":
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
+    else:
+        proc.send_signal(signal.SIGTERM)  # a scheduler's stop, to the sweep's process only: it passes it on
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == (130 if stop == "ctrl_c" else 143), err[-3000:]
     assert err.count("(fork), {'OMP_NUM_THREADS': '2'}") == 2, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    last = err.rstrip().splitlines()[-1]
+    if stop == "ctrl_c":
+        assert last == "interrupted; rerun the same command to resume"
+    else:
+        assert last.startswith("interrupted by SIGTERM: last.ckpt is saved"), last
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     for run in runs:  # each worker saved its run where it stopped
         step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
