@@ -33,7 +33,8 @@ if __name__ == "__main__":
     try:
         main()
     except SystemExit as stop:  # Python prints a message given as the code, then runs the exit handlers
-        code = stop.code
-        _status.append(0 if code is None else code if isinstance(code, int) else 1)
+        from lit_vit.processes import exit_status
+
+        _status.append(exit_status(stop.code))
         raise
     _status.append(0)

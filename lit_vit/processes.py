@@ -8,7 +8,9 @@ give; the parent sees it through the part of subprocess.Popen's interface it nee
 
 import os
 import signal
+import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,12 +33,25 @@ class ForkedProcess:
     def poll(self) -> int | None:
         return self._reap(os.WNOHANG)
 
-    def wait(self) -> int:
-        return self._reap(0)
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status; after `timeout` seconds subprocess.TimeoutExpired, as Popen.wait raises it."""
+        if timeout is None:
+            return self._reap(0)
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > end:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.1)
+        return self.returncode
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
             os.kill(self.pid, sig)
+
+
+def exit_status(code: object) -> int:
+    """The process exit status of a SystemExit code, as Python gives it: None 0, an int itself, anything else 1."""
+    return 0 if code is None else code if isinstance(code, int) else 1
 
 
 @contextmanager
@@ -58,9 +73,18 @@ def fork_is_safe() -> bool:
     """A fork may stand in for a new interpreter: Linux (fork is the platform's own start method there) and CUDA not
     set up in this process (a CUDA context does not survive a fork). The caller also keeps torch single-threaded
     until it forks (torch_single_threaded)."""
+    return fork_blocker() is None
+
+
+def fork_blocker() -> str | None:
+    """Why this process must not fork a command (None when it may): see fork_is_safe."""
     import torch
 
-    return sys.platform == "linux" and not torch.cuda.is_initialized()
+    if sys.platform != "linux":
+        return f"fork is not safe on {sys.platform}"
+    if torch.cuda.is_initialized():
+        return "CUDA is set up in this process"
+    return None
 
 
 def fork_guarded(work: Callable[[], None], env: dict[str, str], log: Path) -> ForkedProcess:
@@ -87,7 +111,7 @@ def fork_guarded(work: Callable[[], None], env: dict[str, str], log: Path) -> Fo
     except SystemExit as err:
         if isinstance(err.code, str):
             print(err.code, file=sys.stderr)
-        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        code = exit_status(err.code)
     except BaseException:
         traceback.print_exc()
     finally:

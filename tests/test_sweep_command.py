@@ -219,6 +219,19 @@ def test_an_unknown_worker_start_is_refused_before_anything_is_written(tmp_path,
     assert not root.exists()
 
 
+def test_forked_workers_asked_for_where_they_cannot_fork_are_refused_not_replaced(tmp_path, capsys, monkeypatch):
+    root, path = two_variant_config(tmp_path)
+    monkeypatch.setenv("LIT_VIT_WORKER_START", "fork")
+    monkeypatch.setattr(sys, "platform", "darwin")  # fork is not safe there: no quiet switch to new processes
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", path])
+    assert exc.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: LIT_VIT_WORKER_START=fork: the workers cannot be forks here (fork is not safe on "
+                           "darwin); unset it"), line  # fmt: skip
+    assert not list(root.glob("*/seed=*"))  # no run started
+
+
 def test_a_run_folder_removed_while_the_sweep_trains_it_fails_alone_in_one_line(tmp_path, capsys):
     root = tmp_path / "out"
     remove = {"class_path": "_ablation_callbacks.RemoveRunFolder", "init_args": {"run": "none/seed=0", "step": 2}}

@@ -96,12 +96,11 @@ def interrupts_exit_130() -> Iterator[None]:
         sys.exit(130)
 
 
-def work_as_worker(runs: list[Run], claims: bool, quiet: bool) -> None:
+def work_as_worker(runs: list[Run], claims: bool, quiet: bool, threads: int) -> None:
     """A forked worker's work (lit_vit.ablation.workers): what `sweep --ablation.workers 1` does in a new process,
     on the runs this process planned and checked, with the worker's torch threads."""
     import torch
 
-    threads = int(os.environ["LIT_VIT_WORKER_THREADS"])
     torch.set_num_threads(threads)
     for run in runs:
         run.config.num_threads = threads  # as the new process's --num_threads: each run's fit sets it again
@@ -150,10 +149,8 @@ def run_sweep(cli: SweepCLI) -> None:
     )
     mode = SweepProgress.mode_for(ablation.quiet) if primary else "quiet"
     failed_workers: list[Worker] = []
-    todo = len(runs) - states.count("finished")
-    if ablation.workers > 1 and todo == 0:
-        pass  # a rerun of a finished sweep: no worker to start, the results and plots are written below
-    elif ablation.workers > 1:
+    todo = len(runs) - states.count("finished")  # none on a rerun of a finished sweep: no worker to start
+    if ablation.workers > 1 and todo:
         work = partial(work_as_worker, runs, claims, ablation.quiet)
         workers = start_workers(sweep_dir, ablation.workers, cfg.get("num_threads"), work, count=todo)
         with SweepProgress(runs, mode, {w.process.pid: w.index for w in workers}, parallel=len(workers)):

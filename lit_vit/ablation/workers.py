@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -25,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_vit.ablation.plan import SWEEP_CONFIG
 from lit_vit.callbacks.progress import WORKER_ENV
 from lit_vit.errors import ConfigError
-from lit_vit.processes import ForkedProcess, fork_guarded, fork_is_safe
+from lit_vit.processes import ForkedProcess, fork_blocker, fork_guarded
 
 START_ENV = "LIT_VIT_WORKER_START"  # fork | subprocess: how workers start (default: fork where it is safe)
 
@@ -69,9 +70,18 @@ def worker_slices(workers: int, num_threads: int | None) -> list[dict[str, str]]
 
 def workers_fork(envs: list[dict[str, str]]) -> bool:
     """Workers may be forks of this process: where a fork is safe (lit_vit.processes), no worker has its own GPUs
-    (CUDA_VISIBLE_DEVICES is read once per process), and not turned off with LIT_VIT_WORKER_START=subprocess."""
-    gpus = any("CUDA_VISIBLE_DEVICES" in env for env in envs)
-    return worker_start() == "fork" and not gpus and fork_is_safe()
+    (CUDA_VISIBLE_DEVICES is read once per process), and not turned off with LIT_VIT_WORKER_START=subprocess. An
+    explicit LIT_VIT_WORKER_START=fork where workers cannot fork is an error, not a quiet switch."""
+    if worker_start() == "subprocess":
+        return False
+    blocker = "the workers have their own GPUs" if any("CUDA_VISIBLE_DEVICES" in env for env in envs) else None
+    blocker = blocker or fork_blocker()
+    if blocker and os.environ.get(START_ENV) == "fork":
+        raise ConfigError(
+            f"{START_ENV}=fork: the workers cannot be forks here ({blocker}); unset it (workers then start as new "
+            "processes) or set it to subprocess"
+        )
+    return blocker is None
 
 
 def worker_start() -> str:
@@ -89,13 +99,14 @@ def start_workers(
     sweep_dir: Path,
     workers: int,
     num_threads: int | None,
-    work: Callable[[], None] | None = None,
+    work: Callable[[int], None] | None = None,
     count: int | None = None,
 ) -> list[Worker]:
-    """Start the workers; `work` is what a forked worker runs (the training of the sweep's runs, under this process's
-    parsed config); without it, or where a fork is not safe, each worker is a new `python -m lit_vit sweep`. With
-    `count` (the runs left to train) only the first `count` of the `workers` start, each with the share of the
-    machine it has among all `workers` (a run's numbers depend on its thread count)."""
+    """Start the workers; `work(threads)` is what a forked worker runs (the training of the sweep's runs, under this
+    process's parsed config, with the worker's torch threads); without it, or where a fork is not safe, each worker
+    is a new `python -m lit_vit sweep`. With `count` (the runs left to train) only the first `count` of the `workers`
+    start, each with the share of the machine it has among all `workers` (a run's numbers depend on its thread
+    count)."""
     logs = sweep_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     envs = worker_slices(workers, num_threads)[: count or workers]
@@ -106,7 +117,7 @@ def start_workers(
         log = logs / f"worker{i}.log"
         env[WORKER_ENV] = str(i)
         if fork:
-            proc = fork_guarded(work, {**env, "LIT_VIT_WORKER_THREADS": threads}, log)
+            proc = fork_guarded(partial(work, int(threads)), env, log)
         else:
             argv = [
                 sys.executable,

@@ -15,7 +15,7 @@ from lit_vit.bench.config import instantiate, parse_args, set_init_arg
 from lit_vit.bench.data import bench_data, write_jpeg_tree
 from lit_vit.bench.options import check_args, default_output
 from lit_vit.bench.reports import data_table, environment, load_average, short_config, short_data, summary, table
-from lit_vit.bench.step import bench_step, fit_config
+from lit_vit.bench.step import bench_step, step_config_path
 from lit_vit.bench.timing import bench_models, fixed_batch
 from lit_vit.bench.twins import ViltITM, input_shape, timm_twin
 from lit_vit.perf import count_flops
@@ -86,8 +86,8 @@ def run(parser: ArgumentParser, args: Namespace, argv: list[str]) -> dict:
             record["config"]["data_spec"] = data_args.data.as_dict()
             record["results"]["data"] = bench_data(parser, data_args)
     if "step" in args.mode:
-        record["config"]["step_config"] = fit_config(args.config)
-        record["results"]["step"] = bench_step(args, argv)
+        record["results"]["step"] = bench_step(args, argv)  # reads and checks the fit config
+        record["config"]["step_config"] = step_config_path(args.config)
     record["load_average_after"] = load_average()
     return record
 

@@ -260,14 +260,12 @@ def _run_forked(argv: list[str], env: dict[str, str], log: Path, timeout: float)
         cli_main(argv)
 
     proc = fork_guarded(command, env, log)
-    end = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > end:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return None
-        time.sleep(0.1)
-    return proc.returncode
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
 
 
 def fmt(value, spec: str) -> str:

@@ -16,9 +16,14 @@ from lit_vit.errors import ConfigError
 DEFAULT_STEP_CONFIG = "experiments/quickstart.yaml"
 
 
+def step_config_path(path: str | None) -> str:
+    """The fit config `--mode step` runs: the given one, or experiments/quickstart.yaml."""
+    return path or DEFAULT_STEP_CONFIG
+
+
 def read_fit_config(path: str | None) -> tuple[str, dict]:
     """The path of the fit config `--mode step` runs (default experiments/quickstart.yaml) and its contents."""
-    path = path or DEFAULT_STEP_CONFIG
+    path = step_config_path(path)
     config = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ConfigError(
@@ -26,10 +31,6 @@ def read_fit_config(path: str | None) -> tuple[str, dict]:
             f"--config <a fit config>, e.g. --config {DEFAULT_STEP_CONFIG}"
         )
     return path, config
-
-
-def fit_config(path: str | None) -> str:
-    return read_fit_config(path)[0]
 
 
 def step_args(args: Namespace, argv: list[str], root: str) -> list[str]:
