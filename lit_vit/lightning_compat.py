@@ -27,9 +27,12 @@ Two messages that do not apply to a lit_vit run are dropped where they come from
 `quiet_lightning_noise`): a tip advertising a cloud logger, and a torch deprecation warning about Lightning's own code.
 """
 
+import functools
 import inspect
 import logging
+import operator
 import os
+import typing
 import warnings
 from typing import Any
 
@@ -67,11 +70,32 @@ def patch_sigterm_handler() -> bool:
     return True
 
 
+def int_before_float(func: Any) -> list[str]:
+    """Rewrite `func`'s annotations that are unions of int and float with float first as `int | float | ...`; returns
+    the parameters rewritten.
+
+    Python's typing caches `Union[...]` by equality, which ignores order: when `Optional[Union[float, int]]` was
+    created first (importing rich before Lightning does it), Lightning's `Optional[Union[int, float]]` annotations
+    *are* that object, and jsonargparse, trying float first, reads `limit_val_batches: 1` (one batch) as 1.0 (all of
+    them) and `limit_train_batches: 2` as 2.0. PEP 604 unions are not cached, so `int | float` keeps its order."""
+    fixed = []
+    for name, annotation in list(getattr(func, "__annotations__", {}).items()):
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Union and int in args and float in args:
+            if args.index(float) < args.index(int):
+                ordered = [int, float, *(a for a in args if a not in (int, float))]
+                func.__annotations__[name] = functools.reduce(operator.or_, ordered)
+                fixed.append(name)
+    return fixed
+
+
 def patch_lightning() -> bool:
-    """Apply lit_vit's Lightning workarounds (idempotent): the DDP SIGTERM deadlock fix and the two dropped messages.
-    The CLI calls it; call it once before `Trainer.fit` when you build a Trainer yourself. Returns whether the SIGTERM
-    handler is patched (False: the installed Lightning does not need it)."""
+    """Apply lit_vit's Lightning workarounds (idempotent): the DDP SIGTERM deadlock fix, the two dropped messages and
+    int-before-float order in the Trainer's int-or-float options (int_before_float). The CLI calls it; call it once
+    before `Trainer.fit` when you build a Trainer yourself. Returns whether the SIGTERM handler is patched (False: the
+    installed Lightning does not need it)."""
     quiet_lightning_noise()
+    int_before_float(lightning.pytorch.Trainer.__init__)
     return patch_sigterm_handler()
 
 

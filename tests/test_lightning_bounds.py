@@ -79,3 +79,39 @@ def test_every_dependency_whose_internals_we_rely_on_has_an_upper_bound_that_hol
     for name, req in reqs.items():
         if name in pins:
             assert pins[name] in req.specifier, f"{name}=={pins[name]} (.ci/constraints.txt) is outside {req}"
+
+
+def test_an_int_of_an_int_or_float_option_stays_an_int_whatever_was_imported_first():
+    """typing caches Union[...] by equality (order ignored): after rich created Optional[Union[float, int]], Lightning's
+    Optional[Union[int, float]] is that float-first object and jsonargparse read `limit_val_batches: 1` (one batch) as
+    1.0 (all batches). patch_lightning() rewrites such annotations int-first (lit_vit.lightning_compat)."""
+    import typing
+
+    from jsonargparse import ArgumentParser
+
+    from lit_vit.lightning_compat import int_before_float
+
+    def option(batches: float = 1.0) -> None:
+        pass
+
+    # float first, as typing's cache can hand it out (a typing.Union: PEP 604 unions are not cached)
+    option.__annotations__["batches"] = typing.Union[float, int, str]  # noqa: UP007
+
+    def parsed(value: str):
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_function_arguments(option)
+        return parser.parse_args([f"--batches={value}"]).batches
+
+    assert repr(parsed("1")) == "1.0"  # the bug: an int read as a float
+    assert int_before_float(option) == ["batches"]
+    assert repr(parsed("1")) == "1" and repr(parsed("0.5")) == "0.5" and repr(parsed("1.0")) == "1.0"
+    assert int_before_float(option) == []  # idempotent
+    from lightning import Trainer
+
+    import lit_vit
+
+    lit_vit.patch_lightning()
+    hints = typing.get_type_hints(Trainer.__init__)
+    for name in ("limit_train_batches", "limit_val_batches", "val_check_interval", "overfit_batches"):
+        args = typing.get_args(hints[name])
+        assert args.index(int) < args.index(float), (name, args)
